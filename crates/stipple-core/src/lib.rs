@@ -1,0 +1,12 @@
+//! Stipple's diffusion engine.
+//!
+//! The engine reads weight files and nothing else from the outside world; it knows
+//! nothing of HTTP, users or tokens. The data flow of one image is
+//! prompt → [`text`] encoder → [`model::Conditioning`] → [`pipeline`] loop over a
+//! [`sampler::Sampler`] driving a [`model::Denoiser`] → [`vae`] decode → PNG.
+
+pub mod error;
+pub mod conformance;
+pub mod model;
+
+pub use error::{Error, Result};
