@@ -7,6 +7,9 @@
 
 pub mod error;
 pub mod conformance;
+pub mod json;
 pub mod model;
+pub mod sampler;
+pub mod schedule;
 
 pub use error::{Error, Result};

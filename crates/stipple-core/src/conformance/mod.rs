@@ -5,6 +5,7 @@
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
 mod manifest;
+mod scheduler_trajectory;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
 
@@ -62,6 +63,7 @@ impl CaseReport {
 /// Compute one case's outputs with the engine.
 pub fn compute(case: &Case) -> Result<Outputs> {
     match case.spec.kind.as_str() {
+        "scheduler_trajectory" => scheduler_trajectory::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
