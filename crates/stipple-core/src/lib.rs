@@ -6,6 +6,8 @@
 //! [`sampler::Sampler`] driving a [`model::Denoiser`] → [`vae`] decode → PNG.
 
 pub mod error;
+pub mod guidance;
+pub mod image_io;
 pub mod conformance;
 pub mod json;
 pub mod model;
