@@ -4,7 +4,9 @@
 //! every case with Stipple and judges it with the manifest's rule:
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
+mod clip_text_encoder;
 mod manifest;
+mod tokenizer;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
 
@@ -62,6 +64,8 @@ impl CaseReport {
 /// Compute one case's outputs with the engine.
 pub fn compute(case: &Case) -> Result<Outputs> {
     match case.spec.kind.as_str() {
+        "tokenizer" => tokenizer::run(case),
+        "clip_text_encoder" => clip_text_encoder::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
