@@ -13,5 +13,6 @@ pub mod json;
 pub mod model;
 pub mod sampler;
 pub mod schedule;
+pub mod text;
 
 pub use error::{Error, Result};

@@ -4,8 +4,10 @@
 //! every case with Stipple and judges it with the manifest's rule:
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
+mod clip_text_encoder;
 mod manifest;
 mod scheduler_trajectory;
+mod tokenizer;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
 
@@ -64,6 +66,8 @@ impl CaseReport {
 pub fn compute(case: &Case) -> Result<Outputs> {
     match case.spec.kind.as_str() {
         "scheduler_trajectory" => scheduler_trajectory::run(case),
+        "tokenizer" => tokenizer::run(case),
+        "clip_text_encoder" => clip_text_encoder::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
