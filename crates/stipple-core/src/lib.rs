@@ -8,5 +8,6 @@
 pub mod error;
 pub mod conformance;
 pub mod model;
+pub mod rng;
 
 pub use error::{Error, Result};
