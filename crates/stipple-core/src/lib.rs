@@ -14,5 +14,6 @@ pub mod model;
 pub mod sampler;
 pub mod schedule;
 pub mod text;
+pub mod rng;
 
 pub use error::{Error, Result};
