@@ -11,6 +11,7 @@ pub mod image_io;
 pub mod conformance;
 pub mod json;
 pub mod model;
+pub mod pipeline;
 pub mod sampler;
 pub mod schedule;
 pub mod text;

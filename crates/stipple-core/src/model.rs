@@ -42,8 +42,12 @@ pub trait Denoiser: Send + Sync {
     /// Predict the model output for latents `x` `[B, C, H, W]` at `timesteps` `[B]` (f32, in the
     /// scheduler's own units) under `cond` (batch `B`).
     fn forward(&self, x: &Tensor, timesteps: &Tensor, cond: &Conditioning, info: &ImageInfo) -> Result<Tensor>;
-    /// Latent channels the network expects.
+    /// Latent channels the network expects (9 for SD inpainting UNets: latents, mask, masked image).
     fn in_channels(&self) -> usize;
+    /// Latent height and width must be multiples of this (2 for transformers with 2x2 patches).
+    fn latent_multiple(&self) -> usize {
+        1
+    }
 }
 
 /// Turns prompts into a [`Conditioning`].

@@ -71,6 +71,9 @@ impl NoiseSource for FixedNoise {
         self.0 += 1;
         Ok((0..len).map(|i| ((i as f32 + self.0 as f32) * 1.7).cos() * 0.1).collect())
     }
+    fn draw_initial(&mut self, len: usize) -> Result<Vec<f32>> {
+        self.draw(0, len)
+    }
 }
 
 #[test]
