@@ -1,6 +1,7 @@
 //! The `stipple` command.
 
 mod conformance_cmd;
+mod generate_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -13,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate an image from a prompt.
+    Generate(generate_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
 }
@@ -24,6 +27,22 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Generate(args) => generate_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
+    }
+}
+
+/// Turn an engine error into a message for the command line: parameter errors name the flag.
+pub fn user_error(e: stipple_core::Error) -> anyhow::Error {
+    match e {
+        stipple_core::Error::InvalidParam { param, reason } => {
+            let flag = match param {
+                "width" => "-W/--width".to_string(),
+                "height" => "-H/--height".to_string(),
+                other => format!("--{other}"),
+            };
+            anyhow::anyhow!("invalid {flag}: {reason}")
+        }
+        other => anyhow::Error::new(other),
     }
 }
