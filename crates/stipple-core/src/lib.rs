@@ -8,5 +8,8 @@
 pub mod error;
 pub mod conformance;
 pub mod model;
+pub mod nn;
+pub mod unet;
+pub mod vae;
 
 pub use error::{Error, Result};

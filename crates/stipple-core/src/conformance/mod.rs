@@ -5,6 +5,9 @@
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
 mod manifest;
+mod unet;
+mod vae_decode;
+mod vae_encode;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
 
@@ -62,6 +65,9 @@ impl CaseReport {
 /// Compute one case's outputs with the engine.
 pub fn compute(case: &Case) -> Result<Outputs> {
     match case.spec.kind.as_str() {
+        "unet" => unet::run(case),
+        "vae_encode" => vae_encode::run(case),
+        "vae_decode" => vae_decode::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
