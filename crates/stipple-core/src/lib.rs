@@ -16,5 +16,8 @@ pub mod sampler;
 pub mod schedule;
 pub mod text;
 pub mod rng;
+pub mod nn;
+pub mod unet;
+pub mod vae;
 
 pub use error::{Error, Result};

@@ -8,6 +8,9 @@ mod clip_text_encoder;
 mod manifest;
 mod scheduler_trajectory;
 mod tokenizer;
+mod unet;
+mod vae_decode;
+mod vae_encode;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
 
@@ -68,6 +71,9 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "scheduler_trajectory" => scheduler_trajectory::run(case),
         "tokenizer" => tokenizer::run(case),
         "clip_text_encoder" => clip_text_encoder::run(case),
+        "unet" => unet::run(case),
+        "vae_encode" => vae_encode::run(case),
+        "vae_decode" => vae_decode::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
