@@ -6,6 +6,7 @@
 //! [`sampler::Sampler`] driving a [`model::Denoiser`] → [`vae`] decode → PNG.
 
 pub mod error;
+pub mod checkpoint;
 pub mod conformance;
 pub mod model;
 
