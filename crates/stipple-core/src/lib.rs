@@ -8,6 +8,7 @@
 pub mod error;
 pub mod guidance;
 pub mod image_io;
+pub mod checkpoint;
 pub mod conformance;
 pub mod json;
 pub mod model;
