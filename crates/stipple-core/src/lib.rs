@@ -11,6 +11,7 @@ pub mod image_io;
 pub mod checkpoint;
 pub mod conformance;
 pub mod json;
+pub mod loader;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;

@@ -7,6 +7,7 @@
 mod clip_text_encoder;
 mod manifest;
 mod scheduler_trajectory;
+mod sd_pipeline;
 mod tokenizer;
 mod unet;
 mod vae_decode;
@@ -69,6 +70,7 @@ impl CaseReport {
 pub fn compute(case: &Case) -> Result<Outputs> {
     match case.spec.kind.as_str() {
         "scheduler_trajectory" => scheduler_trajectory::run(case),
+        "sd_pipeline" => sd_pipeline::run(case),
         "tokenizer" => tokenizer::run(case),
         "clip_text_encoder" => clip_text_encoder::run(case),
         "unet" => unet::run(case),

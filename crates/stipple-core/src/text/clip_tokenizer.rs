@@ -16,7 +16,9 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
+use crate::checkpoint::TokenizerSource;
 use crate::{Error, Result};
+use std::str::FromStr;
 
 const DEFAULT_BOS: &str = "<|startoftext|>";
 const DEFAULT_EOS: &str = "<|endoftext|>";
@@ -69,12 +71,12 @@ struct TokenizerConfig {
 
 impl TokenizerConfig {
     /// Read an optional JSON config; a missing file is an empty config.
-    fn read_optional(path: &Path) -> Result<TokenizerConfig> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid_file(path, e.to_string())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TokenizerConfig::default()),
-            Err(e) => Err(Error::io(format!("reading {}", path.display()), e)),
+    fn read_optional(source: &TokenizerSource, name: &str) -> Result<TokenizerConfig> {
+        if !source.has_file(name) {
+            return Ok(TokenizerConfig::default());
         }
+        let text = source.read_file(name)?;
+        serde_json::from_str(&text).map_err(|e| Error::invalid_file(origin(source, name), e.to_string()))
     }
 
     /// Fields of `self` win; `other` fills the gaps.
@@ -97,9 +99,14 @@ impl ClipTokenizer {
     /// cut out of prompts as a special token, so every `!` in a prompt becomes its own pad id — what
     /// diffusers really does.
     pub fn from_folder(dir: &Path, pad_override: Option<&str>) -> Result<ClipTokenizer> {
-        let config = TokenizerConfig::read_optional(&dir.join("tokenizer_config.json"))?
-            .or(TokenizerConfig::read_optional(&dir.join("special_tokens_map.json"))?);
-        let config_path = dir.join("tokenizer_config.json");
+        Self::from_source(&TokenizerSource::Folder(dir.to_path_buf()), pad_override)
+    }
+
+    /// Load from a tokenizer folder or from files embedded in a single-file checkpoint.
+    pub fn from_source(source: &TokenizerSource, pad_override: Option<&str>) -> Result<ClipTokenizer> {
+        let config = TokenizerConfig::read_optional(source, "tokenizer_config.json")?
+            .or(TokenizerConfig::read_optional(source, "special_tokens_map.json")?);
+        let config_path = origin(source, "tokenizer_config.json");
 
         let bos = config.bos_token.as_ref().map_or(DEFAULT_BOS, TokenField::content).to_string();
         let eos = config.eos_token.as_ref().map_or(DEFAULT_EOS, TokenField::content).to_string();
@@ -119,10 +126,10 @@ impl ClipTokenizer {
             }
         };
 
-        let (mut tokenizer, source) = load_pipeline(dir, &unk)?;
+        let (mut tokenizer, file) = load_pipeline(source, &unk)?;
         // A truncation/padding setting in the file would fight the explicit rule of `encode_batch`
         // (its post-processor is harmless: `encode_batch` encodes without special tokens).
-        tokenizer.with_truncation(None).map_err(|e| Error::invalid_file(&source, e.to_string()))?;
+        tokenizer.with_truncation(None).map_err(|e| Error::invalid_file(&file, e.to_string()))?;
         tokenizer.with_padding(None);
 
         let special: Vec<AddedToken> = [&bos, &eos, &pad].iter().map(|t| AddedToken::from(t.as_str(), true)).collect();
@@ -131,7 +138,7 @@ impl ClipTokenizer {
         let id_of = |token: &str, role: &str| {
             tokenizer.token_to_id(token).ok_or_else(|| {
                 Error::invalid_file(
-                    &source,
+                    &file,
                     format!("the {role} token `{token}` is not in the vocabulary; check {}", config_path.display()),
                 )
             })
@@ -187,37 +194,56 @@ impl ClipTokenizer {
 
 /// The tokenization pipeline of a folder: `tokenizer.json` if there is one, else CLIP's pipeline
 /// built around `vocab.json` + `merges.txt`. Returns it with the file it came from (for errors).
-fn load_pipeline(dir: &Path, unk: &str) -> Result<(Tokenizer, PathBuf)> {
-    let json = dir.join("tokenizer.json");
-    if json.is_file() {
-        let tokenizer = Tokenizer::from_file(&json).map_err(|e| Error::invalid_file(&json, e.to_string()))?;
-        return Ok((tokenizer, json));
+fn load_pipeline(source: &TokenizerSource, unk: &str) -> Result<(Tokenizer, PathBuf)> {
+    if source.has_file("tokenizer.json") {
+        let path = origin(source, "tokenizer.json");
+        let text = source.read_file("tokenizer.json")?;
+        let tokenizer = Tokenizer::from_str(&text).map_err(|e| Error::invalid_file(&path, e.to_string()))?;
+        return Ok((tokenizer, path));
     }
-    let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
-    if vocab.is_file() && merges.is_file() {
-        return Ok((clip_pipeline_from_bpe_files(&vocab, &merges, unk)?, vocab));
+    if source.has_file("vocab.json") && source.has_file("merges.txt") {
+        let path = origin(source, "vocab.json");
+        let vocab = source.read_file("vocab.json")?;
+        let merges = source.read_file("merges.txt")?;
+        return Ok((clip_pipeline_from_bpe(&vocab, &merges, unk, &path)?, path));
     }
     Err(Error::missing_file(
-        json,
+        origin(source, "tokenizer.json"),
         "a CLIP tokenizer folder (diffusers `tokenizer/` or `tokenizer_2/`) must contain tokenizer.json, \
          or vocab.json together with merges.txt",
     ))
 }
 
+/// The path to name in errors about a tokenizer file.
+fn origin(source: &TokenizerSource, name: &str) -> PathBuf {
+    match source {
+        TokenizerSource::Folder(dir) => dir.join(name),
+        TokenizerSource::Embedded { checkpoint, .. } => checkpoint.join(name),
+    }
+}
+
 /// CLIP's pipeline (README §5.2 points 2-4) around a BPE vocabulary and merge list: the same
 /// normaliser, pre-tokeniser and model that transformers writes into `tokenizer.json`.
-fn clip_pipeline_from_bpe_files(vocab: &Path, merges: &Path, unk: &str) -> Result<Tokenizer> {
-    let as_str = |p: &Path| {
-        p.to_str()
-            .map(str::to_string)
-            .ok_or_else(|| Error::invalid_file(p, "the path is not valid UTF-8; move the tokenizer folder"))
-    };
-    let bpe = BPE::from_file(&as_str(vocab)?, &as_str(merges)?)
+fn clip_pipeline_from_bpe(vocab: &str, merges: &str, unk: &str, origin: &Path) -> Result<Tokenizer> {
+    let vocab: std::collections::HashMap<String, u32> =
+        serde_json::from_str(vocab).map_err(|e| Error::invalid_file(origin, format!("vocab.json: {e}")))?;
+    let mut merge_list = Vec::new();
+    for (i, line) in merges.lines().enumerate() {
+        if (i == 0 && line.starts_with("#version")) || line.trim().is_empty() {
+            continue;
+        }
+        let (a, b) = line
+            .split_once(' ')
+            .ok_or_else(|| Error::invalid_file(origin, format!("merges.txt line {} is not two symbols: {line:?}", i + 1)))?;
+        merge_list.push((a.to_string(), b.to_string()));
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab.into_iter().collect::<tokenizers::models::bpe::Vocab>(), merge_list)
         .unk_token(unk.to_string())
         .continuing_subword_prefix(String::new())
         .end_of_word_suffix("</w>".to_string())
         .build()
-        .map_err(|e| Error::invalid_file(vocab, format!("with {}: {e}", merges.display())))?;
+        .map_err(|e| Error::invalid_file(origin, format!("vocab.json with merges.txt: {e}")))?;
 
     // Errors below come from constant patterns, never from the user's files.
     let internal = |e: tokenizers::Error| Error::Unsupported(format!("building CLIP's tokenizer pipeline: {e}"));
