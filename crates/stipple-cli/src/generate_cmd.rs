@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     steps: Option<usize>,
     /// Classifier-free guidance scale; 1 disables guidance (default: the model's, 7 for SD).
-    #[arg(long = "cfg-scale")]
+    #[arg(long = "cfg-scale", allow_negative_numbers = true)]
     cfg_scale: Option<f32>,
     /// Seed; the same seed gives the same image (default: random, printed).
     #[arg(short = 's', long)]
@@ -46,7 +46,7 @@ pub struct Args {
     #[arg(long)]
     sampler: Option<String>,
     /// DDIM eta (0 = deterministic).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     eta: f32,
     /// Start from this image (img2img).
     #[arg(short = 'i', long = "init-image")]
@@ -55,7 +55,7 @@ pub struct Args {
     #[arg(long, requires = "init_image")]
     mask: Option<PathBuf>,
     /// How much of the init image to repaint, in (0, 1].
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = 0.75, allow_negative_numbers = true)]
     strength: f32,
     /// Output PNG.
     #[arg(short = 'o', long, default_value = "output.png")]

@@ -1,0 +1,39 @@
+//! Helpers shared by the CLI's end-to-end tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The repository's root (tests run from the crate folder).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn vectors() -> PathBuf {
+    repo().join("testdata/vectors")
+}
+
+/// Run the `stipple` binary built for this test run.
+pub fn stipple(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stipple")).args(args).output().expect("run stipple")
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Decode a PNG: (width, height, RGB bytes, text chunks).
+pub fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("open png")));
+    let mut reader = dec.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    buf.truncate(info.buffer_size());
+    let texts = reader
+        .info()
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap_or_default()))
+        .collect();
+    (info.width, info.height, buf, texts)
+}
