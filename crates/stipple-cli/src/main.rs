@@ -1,5 +1,6 @@
 //! The `stipple` command.
 
+mod bench_cmd;
 mod conformance_cmd;
 mod generate_cmd;
 
@@ -18,6 +19,9 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
+    /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
+    #[command(subcommand)]
+    Bench(bench_cmd::Bench),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
+        Command::Bench(b) => bench_cmd::run(b),
     }
 }
 

@@ -31,6 +31,7 @@ mod diffusers;
 mod key_rules;
 mod original_layout;
 mod pickle;
+mod random;
 mod safetensors_file;
 mod safetensors_writer;
 pub mod single_file;
@@ -41,12 +42,19 @@ use std::path::Path;
 
 pub use config_json::{number as config_number, parse_config, read_config};
 pub use convert::to_single_file;
+pub use random::RandomWeights;
 pub use original_layout::Family;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, MAX_HEADER_BYTES};
 pub use source::{ComponentWeights, PipelineSource, SchedulerConfig, SourceFormat, TokenizerSource};
 pub use store::{StoredTensor, Transform, WeightStore};
 
 use crate::{Error, Result};
+
+/// The published `config.json` of a component of Stable Diffusion 1.5 or SDXL base, as
+/// embedded for single-file checkpoints (e.g. `published_config(Family::Sd1, "unet")`).
+pub fn published_config(family: Family, component: &str) -> Option<&'static str> {
+    default_configs::DefaultConfigs::of(family).and_then(|c| c.component(component))
+}
 
 /// Open a bare component folder: its `config.json` and weights (single, fp16 variant or sharded).
 pub fn open_component(dir: &Path) -> Result<ComponentWeights> {

@@ -1,0 +1,91 @@
+//! `stipple bench`: timings of the engine's heavy parts at real model sizes, with random weights
+//! (no download). Reports go to bench/README.md (see bench/run_unet.sh).
+
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device, Tensor};
+use stipple_core::checkpoint::{published_config, Family, RandomWeights};
+use stipple_core::model::{Conditioning, Denoiser, ImageInfo};
+use stipple_core::unet::{UNet2DConditionModel, UNetConfig};
+
+#[derive(clap::Subcommand)]
+pub enum Bench {
+    /// One SD 1.5 UNet forward pass (CFG batch 2, f32) per run, at each image size.
+    Unet(UnetArgs),
+}
+
+#[derive(clap::Args)]
+pub struct UnetArgs {
+    /// Image sizes in pixels (square; latents are size / 8).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 256])]
+    sizes: Vec<usize>,
+    /// Timed runs per size, after one warm-up run.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Print one JSON object per size instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Unet(args) => unet(args),
+    }
+}
+
+fn unet(args: UnetArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let device = Device::Cpu;
+    let config_text = published_config(Family::Sd1, "unet").context("SD 1.5 UNet config is embedded")?;
+    let config: UNetConfig = serde_json::from_str(config_text)?;
+    let unet = UNet2DConditionModel::new(RandomWeights::var_builder(DType::F32, &device), &config)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    for &size in &args.sizes {
+        anyhow::ensure!(size % 64 == 0 && size > 0, "--sizes must be positive multiples of 64, got {size}");
+        let l = size / 8;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, l, l), &device)?;
+        let t = Tensor::from_vec(vec![500f32, 500.0], 2, &device)?;
+        let cond = Conditioning { context: Tensor::randn(0f32, 1.0, (2, 77, 768), &device)?, pooled: None };
+        let info = ImageInfo::default();
+        let pass = || -> anyhow::Result<f64> {
+            let t0 = Instant::now();
+            let out = unet.forward(&x, &t, &cond, &info)?;
+            // Force the result (candle's CPU ops are eager, but be explicit about completion).
+            let _ = out.sum_all()?.to_scalar::<f32>()?;
+            Ok(t0.elapsed().as_secs_f64())
+        };
+        pass()?; // warm-up
+        let mut times: Vec<f64> = (0..args.runs).map(|_| pass()).collect::<anyhow::Result<_>>()?;
+        times.sort_by(|a, b| a.total_cmp(b));
+        let median = times[times.len() / 2];
+        let (min, max) = (times[0], times[times.len() - 1]);
+        let peak_mb = peak_rss_mb();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"impl": "stipple", "size": size, "batch": 2, "runs": args.runs,
+                    "median_s": median, "min_s": min, "max_s": max, "peak_rss_mb": peak_mb, "threads": threads})
+            );
+        } else {
+            println!(
+                "unet sd1.5 {size}x{size} batch 2 f32: median {median:.3} s, min {min:.3} s, max {max:.3} s over {} runs; peak RSS {peak_mb:.0} MB; {threads} threads",
+                args.runs
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MB; 0 where unknown.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
