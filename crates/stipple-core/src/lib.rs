@@ -10,9 +10,11 @@ pub mod guidance;
 pub mod image_io;
 pub mod conformance;
 pub mod json;
+pub mod layers;
 pub mod model;
 pub mod sampler;
 pub mod schedule;
 pub mod text;
+mod weight_files;
 
 pub use error::{Error, Result};

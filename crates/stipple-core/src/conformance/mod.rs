@@ -7,6 +7,7 @@
 mod clip_text_encoder;
 mod manifest;
 mod scheduler_trajectory;
+mod t5_encoder;
 mod tokenizer;
 
 pub use manifest::{Case, CaseSpec, Manifest, Tolerance};
@@ -68,6 +69,7 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "scheduler_trajectory" => scheduler_trajectory::run(case),
         "tokenizer" => tokenizer::run(case),
         "clip_text_encoder" => clip_text_encoder::run(case),
+        "t5_encoder" => t5_encoder::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
