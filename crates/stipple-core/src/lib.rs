@@ -9,6 +9,7 @@ pub mod error;
 pub mod guidance;
 pub mod image_io;
 pub mod conformance;
+pub mod dit;
 pub mod json;
 pub mod layers;
 pub mod model;

@@ -5,6 +5,7 @@
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
 mod clip_text_encoder;
+mod flux_transformer;
 mod manifest;
 mod scheduler_trajectory;
 mod t5_encoder;
@@ -70,6 +71,7 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "tokenizer" => tokenizer::run(case),
         "clip_text_encoder" => clip_text_encoder::run(case),
         "t5_encoder" => t5_encoder::run(case),
+        "flux_transformer" => flux_transformer::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }
