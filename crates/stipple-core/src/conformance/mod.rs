@@ -8,6 +8,7 @@ mod clip_text_encoder;
 mod flux_transformer;
 mod manifest;
 mod scheduler_trajectory;
+mod sd3_transformer;
 mod t5_encoder;
 mod tokenizer;
 
@@ -72,6 +73,7 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "clip_text_encoder" => clip_text_encoder::run(case),
         "t5_encoder" => t5_encoder::run(case),
         "flux_transformer" => flux_transformer::run(case),
+        "sd3_transformer" => sd3_transformer::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }

@@ -6,10 +6,13 @@ pub mod attention;
 pub mod embeddings;
 pub mod feed_forward;
 pub mod flux;
+pub mod patch_embed;
 pub mod patches;
 pub mod rope;
+pub mod sd3;
 
 pub use flux::{FluxConfig, FluxInputs, FluxTransformer, DEFAULT_FLUX_GUIDANCE};
+pub use sd3::{Sd3Config, Sd3Transformer};
 
 use candle_core::Tensor;
 
