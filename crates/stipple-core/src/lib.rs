@@ -10,8 +10,10 @@ pub mod guidance;
 pub mod image_io;
 pub mod checkpoint;
 pub mod conformance;
+pub mod dit;
 pub mod json;
 pub mod loader;
+pub mod layers;
 pub mod model;
 pub mod pipeline;
 pub mod sampler;
@@ -21,5 +23,6 @@ pub mod rng;
 pub mod nn;
 pub mod unet;
 pub mod vae;
+mod weight_files;
 
 pub use error::{Error, Result};

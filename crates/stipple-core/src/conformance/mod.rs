@@ -5,9 +5,12 @@
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
 mod clip_text_encoder;
+mod flux_transformer;
 mod manifest;
 mod scheduler_trajectory;
 mod sd_pipeline;
+mod sd3_transformer;
+mod t5_encoder;
 mod tokenizer;
 mod unet;
 mod vae_decode;
@@ -76,6 +79,9 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "unet" => unet::run(case),
         "vae_encode" => vae_encode::run(case),
         "vae_decode" => vae_decode::run(case),
+        "t5_encoder" => t5_encoder::run(case),
+        "flux_transformer" => flux_transformer::run(case),
+        "sd3_transformer" => sd3_transformer::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }

@@ -4,10 +4,14 @@
 pub mod clip;
 pub mod clip_conditioner;
 pub mod clip_tokenizer;
+pub mod t5;
+pub mod t5_tokenizer;
 
 pub use clip::{ClipActivation, ClipTextConfig, ClipTextModel, ClipTextOutput};
 pub use clip_conditioner::{ClipConditioner, SdxlConditioner};
 pub use clip_tokenizer::{ClipTokenizer, TokenRows};
+pub use t5::{T5Activation, T5Config, T5EncoderModel, T5EncoderOutput};
+pub use t5_tokenizer::T5Tokenizer;
 
 use std::path::Path;
 
