@@ -11,7 +11,6 @@ pub mod image_io;
 pub mod checkpoint;
 pub mod conformance;
 pub mod dit;
-pub mod json;
 pub mod loader;
 pub mod layers;
 pub mod model;
