@@ -37,12 +37,16 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
             Box::new(ClipConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?)?)
         }
         "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" | "StableDiffusionXLInpaintPipeline" => {
-            Box::new(SdxlConditioner::new(
-                tokenizer(&source, "tokenizer")?,
-                clip(&source, "text_encoder", dtype, device)?,
-                tokenizer(&source, "tokenizer_2")?,
-                clip(&source, "text_encoder_2", dtype, device)?,
-            )?)
+            let zeros = source.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+            Box::new(
+                SdxlConditioner::new(
+                    tokenizer(&source, "tokenizer")?,
+                    clip(&source, "text_encoder", dtype, device)?,
+                    tokenizer(&source, "tokenizer_2")?,
+                    clip(&source, "text_encoder_2", dtype, device)?,
+                )?
+                .with_zeros_for_empty_negative(zeros),
+            )
         }
         other => {
             return Err(Error::Unsupported(format!(

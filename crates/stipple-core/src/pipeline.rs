@@ -157,7 +157,7 @@ impl Pipeline {
 
         // Prompt embeddings: [negative, prompt] in one batch under guidance.
         let cond = if guidance.needs_unconditional() {
-            self.text_encoder.encode(&[&req.negative_prompt, &req.prompt])?
+            self.text_encoder.encode_for_guidance(&req.negative_prompt, &req.prompt)?
         } else {
             self.text_encoder.encode(&[&req.prompt])?
         };
