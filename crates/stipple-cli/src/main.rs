@@ -19,6 +19,14 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
+    /// Write a diffusers pipeline folder as one single-file .safetensors checkpoint (original key
+    /// layout, configs and tokenizers in its metadata).
+    Convert {
+        /// The diffusers pipeline folder (SD 1.x / 2.x / SDXL).
+        input: std::path::PathBuf,
+        /// The .safetensors file to write.
+        output: std::path::PathBuf,
+    },
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
@@ -34,6 +42,14 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
+        Command::Convert { input, output } => {
+            if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+                anyhow::bail!("the output must be a .safetensors file, got {}", output.display());
+            }
+            stipple_core::checkpoint::to_single_file(&input, &output).map_err(user_error)?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
     }
 }
 
