@@ -90,7 +90,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path.is_empty() || path == "." {
+        if path.is_empty() || path == "." || path.starts_with('?') {
             let unknown = inner.to_string();
             // Unknown fields are reported at the top level; name them.
             let param = unknown.split('`').nth(1).filter(|_| unknown.starts_with("unknown field")).unwrap_or("body");
