@@ -198,7 +198,8 @@ pub async fn models(State(state): St) -> Json<Value> {
     Json(json!({
         "models": state.models.infos(),
         "samplers": samplers,
-        "limits": {"max_side": c.max_side, "max_steps": c.max_steps, "max_prompt_chars": c.max_prompt_chars, "max_cfg_scale": crate::params::MAX_CFG},
+        "limits": {"max_side": c.max_side, "max_steps": c.max_steps, "max_prompt_chars": c.max_prompt_chars, "max_cfg_scale": crate::params::MAX_CFG,
+                   "retention_secs": c.retention_secs},
     }))
 }
 
