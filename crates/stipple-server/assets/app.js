@@ -153,6 +153,7 @@ async function generate(ev) {
     const job = await api("POST", "/api/generations", body);
     state.current = { id: job.id };
     showProgress(0, body.steps, job.queue_position);
+    $("progress").scrollIntoView({ block: "nearest" });
     watch(job.id);
     refreshMe();
   } catch (e) {

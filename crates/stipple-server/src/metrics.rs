@@ -16,6 +16,7 @@ pub struct Metrics {
     tokens_spent: AtomicU64,
     jobs_finished: [AtomicU64; 3],
     requests_rate_limited: AtomicU64,
+    openai_image_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -36,6 +37,10 @@ impl Metrics {
     /// 0 succeeded, 1 failed, 2 canceled.
     pub fn job_finished(&self, outcome: usize) {
         self.jobs_finished[outcome.min(2)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn openai_image_request(&self) {
+        self.openai_image_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn rate_limited(&self) {
@@ -68,6 +73,8 @@ impl Metrics {
         let _ = writeln!(out, "stipple_tokens_spent_total {}", self.tokens_spent.load(Ordering::Relaxed));
         let _ = writeln!(out, "# HELP stipple_rate_limited_total Requests refused by the per-address rate limit.\n# TYPE stipple_rate_limited_total counter");
         let _ = writeln!(out, "stipple_rate_limited_total {}", self.requests_rate_limited.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP stipple_openai_image_requests_total Requests to the OpenAI-style image endpoint.\n# TYPE stipple_openai_image_requests_total counter");
+        let _ = writeln!(out, "stipple_openai_image_requests_total {}", self.openai_image_requests.load(Ordering::Relaxed));
         out
     }
 }

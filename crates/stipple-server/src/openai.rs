@@ -45,6 +45,7 @@ enum Format {
 }
 
 pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): Extension<Caller>, headers: HeaderMap, JsonBody(body): JsonBody) -> ApiResult<Json<Value>> {
+    state.metrics.openai_image_request();
     let req: ImagesRequest = parse_json(&body)?;
     let n = match req.n {
         None => 1,
