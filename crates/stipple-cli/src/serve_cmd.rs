@@ -17,7 +17,8 @@ pub struct ServiceArgs {
     /// Database URL (sqlite://... or postgres://...).
     #[arg(long = "database-url")]
     database_url: Option<String>,
-    /// Model folder to serve (repeat for several; the first is the default).
+    /// Model folder to serve (repeat for several; the first is the default). Replaces the
+    /// configured models, the shipped default model included.
     #[arg(short = 'm', long = "model")]
     models: Vec<PathBuf>,
     /// Engine workers in this process.
@@ -48,6 +49,7 @@ impl ServiceArgs {
             config.database_url = Some(u.clone());
         }
         if !self.models.is_empty() {
+            config.default_model_dir = PathBuf::new();
             config.models = self.models.iter().cloned().map(stipple_server::config::ModelConfig::Path).collect();
         }
         if let Some(w) = self.workers {

@@ -44,6 +44,8 @@ async function refreshMe() {
   $("btn-auth").hidden = signedIn;
   $("btn-logout").hidden = !signedIn;
   $("nav-history").hidden = !signedIn;
+  $("buy").hidden = !state.me.checkout_url;
+  if (state.me.checkout_url) $("buy").href = state.me.checkout_url;
   $("btn-save").hidden = !signedIn || !state.current || !state.current.image_id;
   updatePriceText();
 }

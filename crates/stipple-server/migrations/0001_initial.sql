@@ -1,5 +1,5 @@
 -- Portable SQL (SQLite and PostgreSQL): times are BIGINT milliseconds since the Unix epoch,
--- flags are INTEGER 0/1, ids are TEXT.
+-- flags are BIGINT 0/1 (one integer type decodes alike on both), ids are TEXT.
 
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
@@ -40,13 +40,13 @@ CREATE TABLE jobs (
     reserve_day BIGINT NOT NULL,
     daily_part BIGINT NOT NULL,
     purchased_part BIGINT NOT NULL,
-    settled INTEGER NOT NULL DEFAULT 0,
+    settled BIGINT NOT NULL DEFAULT 0,
     step BIGINT NOT NULL DEFAULT 0,
     steps BIGINT NOT NULL,
     lease_owner TEXT,
     lease_expires_at BIGINT,
     attempts BIGINT NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancel_requested BIGINT NOT NULL DEFAULT 0,
     error TEXT,
     image_id TEXT,
     created_at BIGINT NOT NULL,
@@ -64,7 +64,7 @@ CREATE TABLE images (
     width BIGINT NOT NULL,
     height BIGINT NOT NULL,
     params TEXT NOT NULL,
-    saved INTEGER NOT NULL DEFAULT 0,
+    saved BIGINT NOT NULL DEFAULT 0,
     share_token TEXT UNIQUE,
     created_at BIGINT NOT NULL,
     expires_at BIGINT

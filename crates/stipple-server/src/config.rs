@@ -27,8 +27,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Key that signs cookies and image URLs; default: generated once into `<data_dir>/secret.key`.
     pub secret: Option<String>,
-    /// Model folders to serve; default: `models/stipple-default` (or the test pipeline while
-    /// that is not there).
+    /// The shipped default model's folder, served first when it exists (`""` turns it off).
+    pub default_model_dir: PathBuf,
+    /// More model folders to serve beside the default model.
     pub models: Vec<ModelConfig>,
     /// Name of the model used when a request names none; default: the first in `models`.
     pub default_model: Option<String>,
@@ -116,6 +117,7 @@ impl Default for Config {
             database_url: None,
             public_url: None,
             secret: None,
+            default_model_dir: PathBuf::from(DEFAULT_MODEL_DIR),
             models: Vec::new(),
             default_model: None,
             workers: 1,
@@ -180,17 +182,20 @@ impl Config {
         names
     }
 
-    /// The models to serve: as configured, else the default model when present, else the test
-    /// pipeline (with a warning, as it draws noise).
+    /// The models to serve: the default model when present, then the configured ones; with
+    /// neither, the test pipeline (with a warning, as it draws noise).
     pub fn resolved_models(&self) -> Vec<ModelConfig> {
-        if !self.models.is_empty() {
-            return self.models.clone();
+        let mut models = Vec::new();
+        let dir = &self.default_model_dir;
+        if !dir.as_os_str().is_empty() && dir.join("model_index.json").exists() && !self.models.iter().any(|m| m.path() == dir) {
+            models.push(ModelConfig::Path(dir.clone()));
         }
-        if Path::new(DEFAULT_MODEL_DIR).join("model_index.json").exists() {
-            return vec![ModelConfig::Path(DEFAULT_MODEL_DIR.into())];
+        models.extend(self.models.iter().cloned());
+        if models.is_empty() {
+            tracing::warn!("{} not found; serving the test pipeline {TEST_MODEL_DIR}, which draws noise", dir.display());
+            models.push(ModelConfig::Path(TEST_MODEL_DIR.into()));
         }
-        tracing::warn!("{DEFAULT_MODEL_DIR} not found; serving the test pipeline {TEST_MODEL_DIR}, which draws noise");
-        vec![ModelConfig::Path(TEST_MODEL_DIR.into())]
+        models
     }
 
     pub fn database_url(&self) -> String {
@@ -279,6 +284,20 @@ mod tests {
         let c = Config::load(None, env(&[("STIPPLE_WEBHOOK_SECRET", "whsec_1"), ("STIPPLE_MODELS", "[\"a\", \"b\"]")])).unwrap();
         assert_eq!(c.webhook_secret.as_deref(), Some("whsec_1"));
         assert_eq!(c.models, vec![ModelConfig::Path("a".into()), ModelConfig::Path("b".into())]);
+    }
+
+    #[test]
+    fn the_default_model_comes_first_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("stipple-default");
+        std::fs::create_dir(&default).unwrap();
+        std::fs::write(default.join("model_index.json"), "{}").unwrap();
+        let c = Config { default_model_dir: default.clone(), models: vec![ModelConfig::Path("extra".into())], ..Config::default() };
+        assert_eq!(c.resolved_models(), vec![ModelConfig::Path(default), ModelConfig::Path("extra".into())]);
+        let c = Config { default_model_dir: "".into(), models: vec![ModelConfig::Path("extra".into())], ..Config::default() };
+        assert_eq!(c.resolved_models(), vec![ModelConfig::Path("extra".into())]);
+        let c = Config { default_model_dir: dir.path().join("absent"), ..Config::default() };
+        assert_eq!(c.resolved_models(), vec![ModelConfig::Path(TEST_MODEL_DIR.into())]);
     }
 
     #[test]

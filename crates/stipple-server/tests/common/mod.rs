@@ -21,6 +21,7 @@ pub fn config(dir: &Path) -> Config {
     Config {
         addr: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
+        default_model_dir: PathBuf::new(),
         models: vec![ModelConfig::Path(sd_tiny())],
         workers: 1,
         lease_secs: 2,
