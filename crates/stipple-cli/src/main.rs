@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod conformance_cmd;
 mod generate_cmd;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -30,11 +31,15 @@ enum Command {
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
+    /// Run the web service: page, JSON API, OpenAI-compatible API and in-process workers.
+    Serve(serve_cmd::ServeArgs),
+    /// Run queue workers only, against the configured database (to scale out).
+    Worker(serve_cmd::ServiceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn,stipple_server=info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -50,6 +55,8 @@ fn main() -> anyhow::Result<()> {
             println!("wrote {}", output.display());
             Ok(())
         }
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Worker(args) => serve_cmd::worker(args),
     }
 }
 
