@@ -22,6 +22,5 @@ pub mod rng;
 pub mod nn;
 pub mod unet;
 pub mod vae;
-mod weight_files;
 
 pub use error::{Error, Result};

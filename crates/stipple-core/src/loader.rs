@@ -1,5 +1,18 @@
 //! From a path the user gives to a ready [`Pipeline`]: recognises the model family by what the
-//! folder or file contains (not by its name) and builds the matching networks.
+//! folder or file contains (the denoiser's class and config, not file or pipeline names), checks
+//! that every component the family needs is there, and builds the matching networks.
+//!
+//! Defaults per family (what `stipple generate` uses where a flag is left out):
+//!
+//! | family | size | steps | guidance | sampler |
+//! |---|---|---|---|---|
+//! | SD 1.x / 2.x / SDXL | UNet `sample_size` × VAE factor | 25 | CFG 7 | the folder's scheduler |
+//! | FLUX.1-schnell (no `guidance_embeds`) | 1024² (FluxPipeline's 128 × 8) | 4 | none: one pass, scale ignored | flow Euler, FluxPipeline sigmas |
+//! | FLUX.1-dev (`guidance_embeds`) | 1024² | 28 | 3.5, embedded: one pass, no unconditional | flow Euler, FluxPipeline sigmas |
+//! | SD3 / SD3.5 | transformer `sample_size` × VAE factor | 28 | CFG 7 (StableDiffusion3Pipeline's default) | flow Euler, scheduler's own shift |
+//!
+//! T5 prompts are padded to FluxPipeline's 512 and StableDiffusion3Pipeline's 256 tokens; an SD3
+//! folder without `text_encoder_3` gets diffusers' zero T5 features.
 
 use std::path::Path;
 
@@ -7,12 +20,16 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 
 use crate::checkpoint::{self, ComponentWeights, PipelineSource};
+use crate::dit::{FluxConfig, FluxTransformer, Sd3Config, Sd3Transformer};
+use crate::model::{Denoiser, TextEncoder};
 use crate::pipeline::{ModelDefaults, Pipeline};
 use crate::sampler::SamplerKind;
 use crate::schedule::SchedulerConfig;
 use crate::text::clip::{ClipTextConfig, ClipTextModel};
 use crate::text::clip_conditioner::{ClipConditioner, SdxlConditioner};
 use crate::text::clip_tokenizer::ClipTokenizer;
+use crate::text::dit_conditioner::{FluxConditioner, Sd3Conditioner, Sd3T5, T5Prompts, FLUX_T5_TOKENS, SD3_T5_TOKENS};
+use crate::text::{T5Config, T5EncoderModel, T5Tokenizer};
 use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::{Error, Result};
@@ -24,69 +41,269 @@ pub struct LoadedModel {
     pub name: String,
     /// The diffusers pipeline class it was loaded as.
     pub pipeline_class: String,
+    pub family: ModelFamily,
+}
+
+/// The model families Stipple runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFamily {
+    /// SD 1.x / 2.x: one CLIP encoder, UNet.
+    StableDiffusion,
+    /// SDXL: two CLIP encoders, UNet with size conditioning.
+    StableDiffusionXl,
+    /// FLUX.1 (schnell or dev): CLIP-L + T5, FLUX transformer.
+    Flux,
+    /// SD3 / SD3.5: CLIP-L + OpenCLIP-G (+ T5), MMDiT.
+    Sd3,
+}
+
+impl ModelFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFamily::StableDiffusion => "Stable Diffusion 1.x/2.x",
+            ModelFamily::StableDiffusionXl => "SDXL",
+            ModelFamily::Flux => "FLUX.1",
+            ModelFamily::Sd3 => "Stable Diffusion 3",
+        }
+    }
+
+    /// The components the family cannot run without, with what each one is.
+    fn required(self) -> &'static [(&'static str, &'static str)] {
+        const SD: &[(&str, &str)] = &[
+            ("unet", "UNet2DConditionModel"),
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIP text encoder"),
+            ("tokenizer", "CLIP tokenizer"),
+            ("scheduler", "scheduler config"),
+        ];
+        const SDXL: &[(&str, &str)] = &[
+            ("unet", "UNet2DConditionModel"),
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIP-L text encoder"),
+            ("tokenizer", "CLIP-L tokenizer"),
+            ("text_encoder_2", "OpenCLIP-G text encoder with projection"),
+            ("tokenizer_2", "OpenCLIP-G tokenizer"),
+            ("scheduler", "scheduler config"),
+        ];
+        const FLUX: &[(&str, &str)] = &[
+            ("transformer", "FluxTransformer2DModel"),
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIP-L text encoder"),
+            ("tokenizer", "CLIP-L tokenizer"),
+            ("text_encoder_2", "T5 encoder"),
+            ("tokenizer_2", "T5 tokenizer"),
+            ("scheduler", "scheduler config"),
+        ];
+        const SD3: &[(&str, &str)] = &[
+            ("transformer", "SD3Transformer2DModel"),
+            ("vae", "AutoencoderKL"),
+            ("text_encoder", "CLIP-L text encoder with projection"),
+            ("tokenizer", "CLIP-L tokenizer"),
+            ("text_encoder_2", "OpenCLIP-G text encoder with projection"),
+            ("tokenizer_2", "OpenCLIP-G tokenizer"),
+            ("scheduler", "scheduler config"),
+        ];
+        match self {
+            ModelFamily::StableDiffusion => SD,
+            ModelFamily::StableDiffusionXl => SDXL,
+            ModelFamily::Flux => FLUX,
+            ModelFamily::Sd3 => SD3,
+        }
+    }
+}
+
+/// The names of the components a source holds (models, tokenizers, `scheduler`), sorted.
+fn found_components(source: &PipelineSource) -> Vec<String> {
+    let mut found: Vec<String> = source.model_names().map(str::to_string).collect();
+    found.extend(source.tokenizer_names().map(str::to_string));
+    if source.scheduler().is_ok() {
+        found.push("scheduler".into());
+    }
+    found.sort();
+    found
+}
+
+/// Which family the denoiser's class and config say this is.
+pub fn recognise(source: &PipelineSource) -> Result<ModelFamily> {
+    let has_key = |c: &ComponentWeights, key: &str| c.config.get(key).is_some();
+    if let Ok(unet) = source.model("unet") {
+        let text_time = unet.config.get("addition_embed_type").and_then(Value::as_str) == Some("text_time");
+        return Ok(if text_time { ModelFamily::StableDiffusionXl } else { ModelFamily::StableDiffusion });
+    }
+    if let Ok(transformer) = source.model("transformer") {
+        match transformer.class_name.as_deref() {
+            Some("FluxTransformer2DModel") => return Ok(ModelFamily::Flux),
+            Some("SD3Transformer2DModel") => return Ok(ModelFamily::Sd3),
+            _ => {}
+        }
+        // Configs without a class name: the keys only one of the two architectures has.
+        if has_key(transformer, "axes_dims_rope") || has_key(transformer, "guidance_embeds") {
+            return Ok(ModelFamily::Flux);
+        }
+        if has_key(transformer, "pos_embed_max_size") || has_key(transformer, "caption_projection_dim") {
+            return Ok(ModelFamily::Sd3);
+        }
+        return Err(Error::Unsupported(format!(
+            "{}: the transformer is a `{}`; Stipple runs FluxTransformer2DModel (FLUX.1) and SD3Transformer2DModel \
+             (SD3 / SD3.5) transformers",
+            source.origin.display(),
+            transformer.class_name.as_deref().unwrap_or("transformer of unknown class")
+        )));
+    }
+    Err(Error::Unsupported(format!(
+        "{} (a `{}`) has neither a `unet` nor a `transformer` component, so it is no text-to-image model Stipple \
+         knows; found: {}. Stipple loads Stable Diffusion 1.x/2.x, SDXL, FLUX.1 and SD3 pipelines",
+        source.origin.display(),
+        source.pipeline_class,
+        found_components(source).join(", ")
+    )))
+}
+
+/// Refuse a source that lacks part of what its family needs, listing what it has and what not.
+fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
+    let found = found_components(source);
+    let missing: Vec<String> = family
+        .required()
+        .iter()
+        .filter(|(name, _)| !found.iter().any(|f| f == name))
+        .map(|(name, what)| format!("{name} ({what})"))
+        .collect();
+    let mut problems = missing;
+    if family == ModelFamily::Sd3 {
+        // T5 is optional in SD3, but only as a pair.
+        let has = |n: &str| found.iter().any(|f| f == n);
+        match (has("text_encoder_3"), has("tokenizer_3")) {
+            (true, false) => problems.push("tokenizer_3 (T5 tokenizer, needed with text_encoder_3)".into()),
+            (false, true) => problems.push("text_encoder_3 (T5 encoder, needed with tokenizer_3)".into()),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Error::missing_file(
+        &source.origin,
+        format!(
+            "this {} pipeline is incomplete: missing {}; found {}. A diffusers folder lists its components in \
+             model_index.json and keeps each in its own subfolder; download the missing ones from the model's repository",
+            family.name(),
+            problems.join(", "),
+            found.join(", ")
+        ),
+    ))
 }
 
 /// Load a diffusers pipeline folder or a single-file checkpoint.
 pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
     let source = checkpoint::open_pipeline(path)?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let family = recognise(&source)?;
+    check_complete(&source, family)?;
     let dtype = DType::F32;
-    let class = source.pipeline_class.clone();
-    let text_encoder: Box<dyn crate::model::TextEncoder> = match class.as_str() {
-        "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" | "StableDiffusionInpaintPipeline" => {
-            Box::new(ClipConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?)?)
-        }
-        "StableDiffusionXLPipeline" | "StableDiffusionXLImg2ImgPipeline" | "StableDiffusionXLInpaintPipeline" => {
-            let zeros = source.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
-            Box::new(
-                SdxlConditioner::new(
-                    tokenizer(&source, "tokenizer")?,
-                    clip(&source, "text_encoder", dtype, device)?,
-                    tokenizer(&source, "tokenizer_2")?,
-                    clip(&source, "text_encoder_2", dtype, device)?,
-                )?
-                .with_zeros_for_empty_negative(zeros),
-            )
-        }
-        other => {
-            return Err(Error::Unsupported(format!(
-                "{} is a `{other}`; Stipple loads Stable Diffusion 1.x/2.x and SDXL pipelines so far",
-                path.display()
-            )))
-        }
-    };
 
-    let unet_weights = source.model("unet")?;
-    let unet_config: UNetConfig = from_config(unet_weights)?;
-    let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_config)?;
     let vae_weights = source.model("vae")?;
     let vae_config: VaeConfig = from_config(vae_weights)?;
     let vae = AutoencoderKL::new(vae_weights.var_builder(dtype, device), &vae_config)?;
-
+    let vae_scale = 1usize << vae_config.block_out_channels.len().saturating_sub(1);
     let scheduler_source = source.scheduler()?;
     let scheduler: SchedulerConfig = serde_json::from_value(scheduler_source.config.clone())
         .map_err(|e| Error::invalid_file(path.join("scheduler/scheduler_config.json"), e.to_string()))?;
-    let vae_scale = 1usize << vae_config.block_out_channels.len().saturating_sub(1);
-    let sample_size = unet_weights.config.get("sample_size").and_then(Value::as_u64).unwrap_or(64) as usize;
-    let defaults = ModelDefaults {
-        width: sample_size * vae_scale,
-        height: sample_size * vae_scale,
-        steps: 25,
-        cfg_scale: 7.0,
-        sampler: default_sampler(&scheduler_source.class_name, &scheduler),
+    let sampler = default_sampler(&scheduler_source.class_name, &scheduler);
+
+    let (text_encoder, denoiser, defaults): (Box<dyn TextEncoder>, Box<dyn Denoiser>, ModelDefaults) = match family {
+        ModelFamily::StableDiffusion | ModelFamily::StableDiffusionXl => {
+            let text_encoder: Box<dyn TextEncoder> = if family == ModelFamily::StableDiffusion {
+                Box::new(ClipConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?)?)
+            } else {
+                let zeros =
+                    source.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+                Box::new(
+                    SdxlConditioner::new(
+                        tokenizer(&source, "tokenizer")?,
+                        clip(&source, "text_encoder", dtype, device)?,
+                        tokenizer(&source, "tokenizer_2")?,
+                        clip(&source, "text_encoder_2", dtype, device)?,
+                    )?
+                    .with_zeros_for_empty_negative(zeros),
+                )
+            };
+            let unet_weights = source.model("unet")?;
+            let unet_config: UNetConfig = from_config(unet_weights)?;
+            let unet = UNet2DConditionModel::new(unet_weights.var_builder(dtype, device), &unet_config)?;
+            let sample_size = unet_weights.config.get("sample_size").and_then(Value::as_u64).unwrap_or(64) as usize;
+            let side = sample_size * vae_scale;
+            let defaults =
+                ModelDefaults { width: side, height: side, steps: 25, cfg_scale: 7.0, sampler, flux_sigmas: false };
+            (text_encoder, Box::new(unet), defaults)
+        }
+        ModelFamily::Flux => {
+            let weights = source.model("transformer")?;
+            let config = FluxConfig::from_json(&weights.config.to_string(), &config_path(&source, "transformer"))?;
+            let transformer = FluxTransformer::new(config, weights.var_builder(dtype, device))?;
+            let t5 = T5Prompts::new(t5_tokenizer(&source, "tokenizer_2")?, t5(&source, "text_encoder_2", dtype, device)?, FLUX_T5_TOKENS)?;
+            let text_encoder =
+                FluxConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?, t5)?;
+            // FluxPipeline's default_sample_size is 128 latents whatever the transformer.
+            let side = 128 * vae_scale;
+            let dev = transformer.config().guidance_embeds;
+            let defaults = ModelDefaults {
+                width: side,
+                height: side,
+                steps: if dev { 28 } else { 4 },
+                cfg_scale: if dev { crate::dit::DEFAULT_FLUX_GUIDANCE } else { 1.0 },
+                sampler,
+                flux_sigmas: true,
+            };
+            (Box::new(text_encoder), Box::new(transformer), defaults)
+        }
+        ModelFamily::Sd3 => {
+            let weights = source.model("transformer")?;
+            let config = Sd3Config::from_json(&weights.config.to_string(), &config_path(&source, "transformer"))?;
+            let transformer = Sd3Transformer::new(config, weights.var_builder(dtype, device))?;
+            let text_encoder = sd3_conditioner(&source, source.model("text_encoder_3").is_ok(), device)?;
+            let side = transformer.config().sample_size * vae_scale;
+            let defaults =
+                ModelDefaults { width: side, height: side, steps: 28, cfg_scale: 7.0, sampler, flux_sigmas: false };
+            (Box::new(text_encoder), Box::new(transformer), defaults)
+        }
     };
     Ok(LoadedModel {
         pipeline: Pipeline {
             text_encoder,
-            denoiser: Box::new(unet),
+            denoiser,
             autoencoder: Box::new(vae),
             scheduler,
             device: device.clone(),
             defaults,
         },
         name,
-        pipeline_class: class,
+        pipeline_class: source.pipeline_class.clone(),
+        family,
     })
+}
+
+/// SD3's text conditioning from a pipeline source, with its T5 encoder or (`use_t5` false, as
+/// when the folder has none) with diffusers' zero T5 features.
+pub fn sd3_conditioner(source: &PipelineSource, use_t5: bool, device: &Device) -> Result<Sd3Conditioner> {
+    let dtype = DType::F32;
+    let t5 = if use_t5 {
+        Sd3T5::Encoder(T5Prompts::new(
+            t5_tokenizer(source, "tokenizer_3")?,
+            t5(source, "text_encoder_3", dtype, device)?,
+            SD3_T5_TOKENS,
+        )?)
+    } else {
+        let transformer = source.model("transformer")?;
+        let config = Sd3Config::from_json(&transformer.config.to_string(), &config_path(source, "transformer"))?;
+        Sd3T5::Zeros { tokens: SD3_T5_TOKENS, width: config.joint_attention_dim }
+    };
+    Sd3Conditioner::new(
+        tokenizer(source, "tokenizer")?,
+        clip(source, "text_encoder", dtype, device)?,
+        tokenizer(source, "tokenizer_2")?,
+        clip(source, "text_encoder_2", dtype, device)?,
+        t5,
+    )
 }
 
 /// The sampler matching the scheduler a model ships with, so defaults reproduce diffusers'
@@ -110,13 +327,81 @@ fn from_config<T: serde::de::DeserializeOwned>(weights: &ComponentWeights) -> Re
     })
 }
 
+/// Where a component's config is, for error messages.
+fn config_path(source: &PipelineSource, name: &str) -> std::path::PathBuf {
+    source.origin.join(name).join("config.json")
+}
+
 fn tokenizer(source: &PipelineSource, name: &str) -> Result<ClipTokenizer> {
     ClipTokenizer::from_source(source.tokenizer(name)?, None)
 }
 
 fn clip(source: &PipelineSource, name: &str, dtype: DType, device: &Device) -> Result<ClipTextModel> {
     let weights = source.model(name)?;
-    let origin = source.origin.join(name).join("config.json");
-    let config = ClipTextConfig::from_json(&weights.config.to_string(), &origin)?;
+    let config = ClipTextConfig::from_json(&weights.config.to_string(), &config_path(source, name))?;
     ClipTextModel::new(config, weights.var_builder(dtype, device))
+}
+
+fn t5_tokenizer(source: &PipelineSource, name: &str) -> Result<T5Tokenizer> {
+    T5Tokenizer::from_source(source.tokenizer(name)?)
+}
+
+fn t5(source: &PipelineSource, name: &str, dtype: DType, device: &Device) -> Result<T5EncoderModel> {
+    let weights = source.model(name)?;
+    let config = T5Config::from_json(&weights.config.to_string(), &config_path(source, name))?;
+    T5EncoderModel::new(config, weights.var_builder(dtype, device))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn pipelines(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/pipelines/models").join(name)
+    }
+
+    #[test]
+    fn families_and_defaults_come_from_the_contents() {
+        let dev = load_pipeline(&pipelines("flux_dev_tiny"), &Device::Cpu).unwrap();
+        assert_eq!(dev.family, ModelFamily::Flux);
+        let d = dev.pipeline.defaults;
+        assert_eq!((d.steps, d.cfg_scale, d.sampler, d.flux_sigmas), (28, 3.5, SamplerKind::FlowEuler, true));
+        // FluxPipeline's 128 latents × the tiny VAE's factor 2.
+        assert_eq!((d.width, d.height), (256, 256));
+        let schnell = load_pipeline(&pipelines("flux_schnell_tiny"), &Device::Cpu).unwrap().pipeline.defaults;
+        assert_eq!((schnell.steps, schnell.cfg_scale), (4, 1.0));
+        let sd3 = load_pipeline(&pipelines("sd3_tiny"), &Device::Cpu).unwrap();
+        assert_eq!(sd3.family, ModelFamily::Sd3);
+        let d = sd3.pipeline.defaults;
+        assert_eq!((d.steps, d.cfg_scale, d.flux_sigmas, d.width), (28, 7.0, false, 32 * 2));
+    }
+
+    #[test]
+    fn the_pipeline_class_name_does_not_decide_the_family() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::checkpoint::diffusers::tests::copy_dir(&pipelines("sd3_tiny"), dir.path());
+        let index = dir.path().join("model_index.json");
+        let text = std::fs::read_to_string(&index).unwrap().replace("StableDiffusion3Pipeline", "SomeOtherPipeline");
+        std::fs::write(&index, text).unwrap();
+        assert_eq!(load_pipeline(dir.path(), &Device::Cpu).unwrap().family, ModelFamily::Sd3);
+    }
+
+    #[test]
+    fn sd3_t5_comes_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::checkpoint::diffusers::tests::copy_dir(&pipelines("sd3_tiny"), dir.path());
+        let index = dir.path().join("model_index.json");
+        let mut value: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        value["tokenizer_3"] = serde_json::json!([null, null]);
+        std::fs::write(&index, value.to_string()).unwrap();
+        let err = load_pipeline(dir.path(), &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("tokenizer_3 (T5 tokenizer, needed with text_encoder_3)"), "{err}");
+        // Without either, the pipeline runs on zero T5 features.
+        value["text_encoder_3"] = serde_json::json!([null, null]);
+        std::fs::write(&index, value.to_string()).unwrap();
+        let loaded = load_pipeline(dir.path(), &Device::Cpu).unwrap();
+        let cond = loaded.pipeline.text_encoder.encode(&["a cat"]).unwrap();
+        assert_eq!(cond.context.dims(), &[1, 77 + SD3_T5_TOKENS, 96]);
+    }
 }

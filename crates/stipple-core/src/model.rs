@@ -29,12 +29,29 @@ impl Conditioning {
     }
 }
 
-/// Extra per-image inputs some denoisers need besides the text (SDXL's size/crop `time_ids`).
+/// Extra per-image inputs some denoisers need besides the text (SDXL's size/crop `time_ids`,
+/// the guidance scale of guidance-distilled models).
 #[derive(Debug, Clone, Default)]
 pub struct ImageInfo {
     pub original_size: (usize, usize),
     pub crop_top_left: (usize, usize),
     pub target_size: (usize, usize),
+    /// The request's guidance scale, for [`GuidanceMode::Distilled`] denoisers (`None`: the
+    /// denoiser's own default).
+    pub guidance: Option<f32>,
+}
+
+/// How a denoiser is steered towards the prompt; decides whether the pipeline runs an
+/// unconditional pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuidanceMode {
+    /// Classifier-free guidance: the pipeline batches `[uncond, cond]` and extrapolates (UNets, SD3).
+    ClassifierFree,
+    /// The network embeds the guidance scale itself (FLUX.1-dev): one conditional pass; the
+    /// request's scale reaches the denoiser as [`ImageInfo::guidance`].
+    Distilled,
+    /// The network takes no guidance (FLUX.1-schnell): one conditional pass, the scale is ignored.
+    Unguided,
 }
 
 /// A noise-prediction network: UNet, FLUX, MMDiT or the default DiT.
@@ -47,6 +64,10 @@ pub trait Denoiser: Send + Sync {
     /// Latent height and width must be multiples of this (2 for transformers with 2x2 patches).
     fn latent_multiple(&self) -> usize {
         1
+    }
+    /// How guidance works for this network.
+    fn guidance_mode(&self) -> GuidanceMode {
+        GuidanceMode::ClassifierFree
     }
 }
 

@@ -8,8 +8,8 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::guidance::Guidance;
 use crate::image_io::RgbImage;
-use crate::model::{Autoencoder, Denoiser, ImageInfo, TextEncoder};
-use crate::sampler::{build, NoiseSource, SamplerKind, SamplerOptions};
+use crate::model::{Autoencoder, Denoiser, GuidanceMode, ImageInfo, TextEncoder};
+use crate::sampler::{build, NoiseSource, Sampler, SamplerKind, SamplerOptions};
 use crate::schedule::SchedulerConfig;
 use crate::{Error, Result};
 
@@ -30,14 +30,19 @@ pub struct Pipeline {
     pub defaults: ModelDefaults,
 }
 
-/// A model's preferred settings.
+/// A model's preferred settings, and the conventions of the diffusers pipeline it ships with.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelDefaults {
     pub width: usize,
     pub height: usize,
     pub steps: usize,
+    /// Classifier-free guidance scale, or for guidance-distilled models (FLUX.1-dev) the scale
+    /// the network embeds; ignored by unguided ones (FLUX.1-schnell).
     pub cfg_scale: f32,
     pub sampler: SamplerKind,
+    /// Flow-matching samplers step through FluxPipeline's `sigmas = linspace(1, 1/n, n)` rather
+    /// than the scheduler's own spacing (FLUX models: true; SD3: false).
+    pub flux_sigmas: bool,
 }
 
 /// An image to start from (img2img), optionally with a mask of the region to repaint (inpainting).
@@ -148,7 +153,13 @@ impl Pipeline {
         progress: &mut dyn FnMut(&StepEvent) -> Flow,
     ) -> Result<Output> {
         self.validate(req)?;
-        let guidance = Guidance::new(req.cfg_scale)?;
+        let mode = self.denoiser.guidance_mode();
+        // Only classifier-free guidance needs the unconditional pass; distilled and unguided
+        // networks see the prompt alone.
+        let guidance = match mode {
+            GuidanceMode::ClassifierFree => Guidance::new(req.cfg_scale)?,
+            GuidanceMode::Distilled | GuidanceMode::Unguided => Guidance::new(1.0)?,
+        };
         let latent_c = self.autoencoder.latent_channels();
         let factor = self.autoencoder.downsample_factor();
         let (lh, lw) = (req.height / factor, req.width / factor);
@@ -162,13 +173,7 @@ impl Pipeline {
             self.text_encoder.encode(&[&req.prompt])?
         };
 
-        let options = SamplerOptions {
-            eta: req.eta,
-            // FLUX-style dynamic shifting depends on the packed (2x2) image token count.
-            image_seq_len: Some((lh / 2).max(1) * (lw / 2).max(1)),
-            flux_sigmas: req.sampler.is_flow() && self.scheduler.use_dynamic_shifting.unwrap_or(false),
-        };
-        let mut sampler = build(req.sampler, &self.scheduler, req.steps, options)?;
+        let mut sampler = self.sampler(req)?;
         let n = sampler.num_steps();
 
         // Starting latents: pure noise, or the init image noised to the first step's level.
@@ -219,6 +224,7 @@ impl Pipeline {
             original_size: (req.height, req.width),
             crop_top_left: (0, 0),
             target_size: (req.height, req.width),
+            guidance: (mode == GuidanceMode::Distilled).then_some(req.cfg_scale),
         };
         let rows = guidance.batch_factor();
         let timesteps = sampler.timesteps().to_vec();
@@ -261,6 +267,20 @@ impl Pipeline {
         let decoded = self.autoencoder.decode(&self.latent_tensor(latents.clone(), shape)?)?.to_dtype(DType::F32)?;
         let image = RgbImage::from_decoded(&decoded)?;
         Ok(Output { decoded, image, latents })
+    }
+
+    /// The sampler a request runs with, set up the way the model's diffusers pipeline sets up its
+    /// scheduler.
+    pub fn sampler(&self, req: &Request) -> Result<Box<dyn Sampler>> {
+        let factor = self.autoencoder.downsample_factor();
+        let patch = self.denoiser.latent_multiple().max(1);
+        let options = SamplerOptions {
+            eta: req.eta,
+            // Dynamic shifting depends on the transformer's image token count.
+            image_seq_len: Some((req.height / factor / patch).max(1) * (req.width / factor / patch).max(1)),
+            flux_sigmas: req.sampler.is_flow() && self.defaults.flux_sigmas,
+        };
+        build(req.sampler, &self.scheduler, req.steps, options)
     }
 
     fn latent_tensor(&self, data: Vec<f32>, shape: [usize; 4]) -> Result<Tensor> {

@@ -13,6 +13,11 @@ pub fn vectors() -> PathBuf {
     repo().join("testdata/vectors")
 }
 
+/// The whole-pipeline reference runs of the diffusion transformers (testdata/pipelines/README.md).
+pub fn pipelines() -> PathBuf {
+    repo().join("testdata/pipelines")
+}
+
 /// Run the `stipple` binary built for this test run.
 pub fn stipple(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_stipple")).args(args).output().expect("run stipple")

@@ -234,22 +234,39 @@ pub fn open_pipeline_folder(dir: &Path) -> Result<PipelineSource> {
     let Some(entries) = model_index.as_object() else {
         return Err(Error::invalid_file(&index_path, "is not a JSON object"));
     };
+    // Every listed component, so a partial download is reported whole, not one folder at a time.
+    let mut listed = Vec::new();
+    let mut missing = Vec::new();
     for (name, entry) in entries {
         // Components are `[library, class]`; `[null, null]` marks an absent optional one.
         let Some(class) = entry.as_array().and_then(|e| e.get(1)).and_then(Value::as_str) else {
             continue;
         };
-        let component_dir = dir.join(name);
         let role = role(name, class);
         if role == Role::Unused {
             continue;
         }
-        if !component_dir.is_dir() {
-            return Err(Error::missing_file(
-                &component_dir,
-                format!("model_index.json lists component `{name}` ({class}) but its folder is missing; {FOLDER_LAYOUT}"),
-            ));
+        if dir.join(name).is_dir() {
+            listed.push((name, class, role));
+        } else {
+            missing.push(format!("`{name}` ({class})"));
         }
+    }
+    if !missing.is_empty() {
+        let present: Vec<String> = listed.iter().map(|(name, _, _)| format!("{name}/")).collect();
+        let (noun, verb) =
+            if missing.len() == 1 { ("component", "its folder is") } else { ("components", "their folders are") };
+        return Err(Error::missing_file(
+            dir,
+            format!(
+                "model_index.json lists {noun} {} but {verb} missing (the folder has: {}); {FOLDER_LAYOUT}",
+                missing.join(", "),
+                if present.is_empty() { "none of them".to_string() } else { present.join(", ") }
+            ),
+        ));
+    }
+    for (name, class, role) in listed {
+        let component_dir = dir.join(name);
         match role {
             Role::Model => {
                 let weights = open_component_folder(&component_dir, name, Some(class.to_string()))?;

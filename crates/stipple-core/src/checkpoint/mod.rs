@@ -27,7 +27,7 @@
 pub mod config_json;
 mod convert;
 mod default_configs;
-mod diffusers;
+pub(crate) mod diffusers;
 mod key_rules;
 mod original_layout;
 mod pickle;

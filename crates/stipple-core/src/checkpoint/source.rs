@@ -125,6 +125,11 @@ impl PipelineSource {
         self.models.keys().map(String::as_str)
     }
 
+    /// The names of the tokenizers present (`tokenizer`, `tokenizer_2` ...).
+    pub fn tokenizer_names(&self) -> impl Iterator<Item = &str> {
+        self.tokenizers.keys().map(String::as_str)
+    }
+
     /// One model component's config and weights.
     pub fn model(&self, name: &str) -> Result<&ComponentWeights> {
         self.models.get(name).ok_or_else(|| {

@@ -5,6 +5,7 @@
 //! `max|a - b| <= abs + rel * max|b|`, per compared tensor, differences in f64.
 
 mod clip_text_encoder;
+mod dit_pipeline;
 mod flux_transformer;
 mod manifest;
 mod scheduler_trajectory;
@@ -82,6 +83,7 @@ pub fn compute(case: &Case) -> Result<Outputs> {
         "t5_encoder" => t5_encoder::run(case),
         "flux_transformer" => flux_transformer::run(case),
         "sd3_transformer" => sd3_transformer::run(case),
+        "flux_pipeline" | "sd3_pipeline" => dit_pipeline::run(case),
         other => Err(crate::Error::Unsupported(format!("case kind `{other}` is not implemented yet"))),
     }
 }

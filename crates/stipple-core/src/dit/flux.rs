@@ -17,7 +17,7 @@ use super::patches::{image_ids, patchify, unpatchify, TokenLayout};
 use super::per_sample;
 use super::rope::{RotaryEmbedding, FLUX_ROPE_THETA};
 use crate::layers::LayerNorm;
-use crate::model::{Conditioning, Denoiser, ImageInfo};
+use crate::model::{Conditioning, Denoiser, GuidanceMode, ImageInfo};
 use crate::{Error, Result};
 
 /// FluxPipeline packs 2x2 latent patches into one token.
@@ -236,15 +236,9 @@ impl FluxTransformer {
     /// Load a diffusers `transformer/` folder: `config.json` + `diffusion_pytorch_model.safetensors`
     /// (or its sharded index).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<FluxTransformer> {
-        const WHAT: &str = "a FLUX transformer folder (diffusers `transformer/`)";
-        let (text, config_path) = crate::weight_files::read_config(dir, WHAT)?;
-        let config = FluxConfig::from_json(&text, &config_path)?;
-        let files = crate::weight_files::safetensors_files(dir, "diffusion_pytorch_model", WHAT)?;
-        let vb = crate::weight_files::var_builder(&files, dtype, device)?;
-        FluxTransformer::new(config, vb).map_err(|e| match e {
-            Error::Tensor(e) => Error::invalid_file(&files[0], e.to_string()),
-            other => other,
-        })
+        let component = crate::checkpoint::open_component(dir)?;
+        let config = FluxConfig::from_json(&component.config.to_string(), &dir.join("config.json"))?;
+        FluxTransformer::new(config, component.var_builder(dtype, device))
     }
 
     /// Build from a config and weights under diffusers' key names.
@@ -279,8 +273,8 @@ impl FluxTransformer {
         &self.config
     }
 
-    /// The guidance value the [`Denoiser`] passes to guidance-distilled models (FLUX.1-dev);
-    /// ignored by the others. FluxPipeline's default is 3.5.
+    /// The guidance value the [`Denoiser`] passes to guidance-distilled models (FLUX.1-dev) when
+    /// [`ImageInfo::guidance`] is `None`; ignored by the others. FluxPipeline's default is 3.5.
     pub fn set_guidance(&mut self, guidance: f32) {
         self.guidance = guidance;
     }
@@ -350,7 +344,7 @@ impl Denoiser for FluxTransformer {
     /// Latents `[B, C, H, W]` (unpacked, `C = in_channels / 4`), timesteps in the scheduler's units
     /// (σ·1000), `cond.context` the T5 embeddings and `cond.pooled` the pooled CLIP embedding.
     /// Packs 2x2 patches into tokens as FluxPipeline does and unpacks the prediction.
-    fn forward(&self, x: &Tensor, timesteps: &Tensor, cond: &Conditioning, _info: &ImageInfo) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, timesteps: &Tensor, cond: &Conditioning, info: &ImageInfo) -> Result<Tensor> {
         let (batch, channels, height, width) = x.dims4()?;
         if channels != self.in_channels() {
             return Err(Error::param(
@@ -368,7 +362,7 @@ impl Denoiser for FluxTransformer {
         let txt_ids = Tensor::zeros((cond.context.dim(1)?, 3), DType::F32, device)?;
         // FluxPipeline hands the model `t / 1000` (which the model multiplies back by 1000).
         let sigma = (timesteps.to_dtype(x.dtype())? / 1000.0)?;
-        let guidance = Tensor::full(self.guidance, batch, device)?;
+        let guidance = Tensor::full(info.guidance.unwrap_or(self.guidance), batch, device)?;
         let out = self.forward_packed(&FluxInputs {
             hidden_states: &tokens,
             encoder_hidden_states: &cond.context,
@@ -383,6 +377,20 @@ impl Denoiser for FluxTransformer {
 
     fn in_channels(&self) -> usize {
         self.config.in_channels / (PACK * PACK)
+    }
+
+    fn latent_multiple(&self) -> usize {
+        PACK
+    }
+
+    /// FLUX.1-dev embeds the guidance scale; FLUX.1-schnell takes none. Neither runs an
+    /// unconditional pass.
+    fn guidance_mode(&self) -> GuidanceMode {
+        if self.config.guidance_embeds {
+            GuidanceMode::Distilled
+        } else {
+            GuidanceMode::Unguided
+        }
     }
 }
 
@@ -490,6 +498,11 @@ mod tests {
         model.set_guidance(1.0);
         let other = Denoiser::forward(&model, &x, &t, &cond, &ImageInfo::default()).unwrap();
         assert!(max_diff(&out, &other) > 1e-4);
+        // The request's guidance (ImageInfo) wins over the model's default.
+        let info = ImageInfo { guidance: Some(4.0), ..ImageInfo::default() };
+        let from_request = Denoiser::forward(&model, &x, &t, &cond, &info).unwrap();
+        assert!(max_diff(&out, &from_request) < 1e-6);
+        assert_eq!((model.guidance_mode(), model.latent_multiple()), (GuidanceMode::Distilled, 2));
     }
 
     #[test]

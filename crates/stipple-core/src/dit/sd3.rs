@@ -213,15 +213,9 @@ impl Sd3Transformer {
     /// Load a diffusers `transformer/` folder: `config.json` + `diffusion_pytorch_model.safetensors`
     /// (or its sharded index).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Sd3Transformer> {
-        const WHAT: &str = "an SD3 transformer folder (diffusers `transformer/`)";
-        let (text, config_path) = crate::weight_files::read_config(dir, WHAT)?;
-        let config = Sd3Config::from_json(&text, &config_path)?;
-        let files = crate::weight_files::safetensors_files(dir, "diffusion_pytorch_model", WHAT)?;
-        let vb = crate::weight_files::var_builder(&files, dtype, device)?;
-        Sd3Transformer::new(config, vb).map_err(|e| match e {
-            Error::Tensor(e) => Error::invalid_file(&files[0], e.to_string()),
-            other => other,
-        })
+        let component = crate::checkpoint::open_component(dir)?;
+        let config = Sd3Config::from_json(&component.config.to_string(), &dir.join("config.json"))?;
+        Sd3Transformer::new(config, component.var_builder(dtype, device))
     }
 
     /// Build from a config and weights under diffusers' key names.
@@ -312,6 +306,10 @@ impl Denoiser for Sd3Transformer {
 
     fn in_channels(&self) -> usize {
         self.config.in_channels
+    }
+
+    fn latent_multiple(&self) -> usize {
+        self.config.patch_size
     }
 }
 

@@ -242,20 +242,11 @@ pub struct ClipTextModel {
 
 impl ClipTextModel {
     /// Load a transformers text-encoder folder (diffusers `text_encoder/`, `text_encoder_2/`):
-    /// `config.json` + `model.safetensors`.
+    /// `config.json` + `model.safetensors` (or its fp16 / sharded forms).
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<ClipTextModel> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::missing_file(
-                &config_path,
-                "a CLIP text encoder folder (diffusers `text_encoder/`) must contain config.json and model.safetensors",
-            ),
-            _ => Error::io(format!("reading {}", config_path.display()), e),
-        })?;
-        let config = ClipTextConfig::from_json(&text, &config_path)?;
-        let weights_path = dir.join("model.safetensors");
-        let vb = super::var_builder(&weights_path, dtype, device)?;
-        ClipTextModel::new(config, vb).map_err(|e| Error::invalid_file(&weights_path, e.to_string()))
+        let component = crate::checkpoint::open_component(dir)?;
+        let config = ClipTextConfig::from_json(&component.config.to_string(), &dir.join("config.json"))?;
+        ClipTextModel::new(config, component.var_builder(dtype, device))
     }
 
     /// Build from a config and weights under transformers' key names, with or without the

@@ -10,7 +10,7 @@ use crate::model::{Conditioning, TextEncoder};
 use crate::{Error, Result};
 
 /// Tokenize and encode prompts with one tokenizer/encoder pair.
-fn run_encoder(tokenizer: &ClipTokenizer, model: &ClipTextModel, prompts: &[&str]) -> Result<ClipTextOutput> {
+pub(crate) fn run_encoder(tokenizer: &ClipTokenizer, model: &ClipTextModel, prompts: &[&str]) -> Result<ClipTextOutput> {
     if prompts.is_empty() {
         return Err(Error::param("prompt", "no prompts to encode"));
     }
@@ -22,7 +22,7 @@ fn run_encoder(tokenizer: &ClipTokenizer, model: &ClipTextModel, prompts: &[&str
 }
 
 /// Refuse a tokenizer that produces more tokens than the encoder has positions for.
-fn check_pair(tokenizer: &ClipTokenizer, model: &ClipTextModel, which: &str) -> Result<()> {
+pub(crate) fn check_pair(tokenizer: &ClipTokenizer, model: &ClipTextModel, which: &str) -> Result<()> {
     let positions = model.config().max_position_embeddings;
     if tokenizer.max_length() > positions {
         return Err(Error::Unsupported(format!(
@@ -34,7 +34,7 @@ fn check_pair(tokenizer: &ClipTokenizer, model: &ClipTextModel, which: &str) -> 
 }
 
 /// The hidden state `skip_from_end` places before the last one (0 = the last layer's output).
-fn hidden_state_from_end(out: &ClipTextOutput, skip_from_end: usize) -> Result<&Tensor> {
+pub(crate) fn hidden_state_from_end(out: &ClipTextOutput, skip_from_end: usize) -> Result<&Tensor> {
     let n = out.hidden_states.len();
     if skip_from_end >= n {
         return Err(Error::param("clip_skip", format!("the text encoder has only {} layers", n - 1)));

@@ -294,15 +294,9 @@ impl T5EncoderModel {
     /// Load a transformers T5 encoder folder (diffusers `text_encoder_2/` of FLUX,
     /// `text_encoder_3/` of SD3): `config.json` + `model.safetensors` (or its sharded index).
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<T5EncoderModel> {
-        const WHAT: &str = "a T5 encoder folder (diffusers `text_encoder_2/` or `text_encoder_3/`)";
-        let (text, config_path) = crate::weight_files::read_config(dir, WHAT)?;
-        let config = T5Config::from_json(&text, &config_path)?;
-        let files = crate::weight_files::safetensors_files(dir, "model", WHAT)?;
-        let vb = crate::weight_files::var_builder(&files, dtype, device)?;
-        T5EncoderModel::new(config, vb).map_err(|e| match e {
-            Error::Tensor(e) => Error::invalid_file(&files[0], e.to_string()),
-            other => other,
-        })
+        let component = crate::checkpoint::open_component(dir)?;
+        let config = T5Config::from_json(&component.config.to_string(), &dir.join("config.json"))?;
+        T5EncoderModel::new(config, component.var_builder(dtype, device))
     }
 
     /// Build from a config and weights under transformers' key names: `encoder.*` plus the token

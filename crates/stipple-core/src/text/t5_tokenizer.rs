@@ -13,7 +13,9 @@ use tokenizers::{
 };
 
 use super::TokenRows;
+use crate::checkpoint::TokenizerSource;
 use crate::{Error, Result};
+use std::str::FromStr;
 
 const PAD_TOKEN: &str = "<pad>";
 
@@ -27,8 +29,16 @@ pub struct T5Tokenizer {
 impl T5Tokenizer {
     /// Load a tokenizer folder (diffusers `tokenizer_2/` of FLUX, `tokenizer_3/` of SD3).
     pub fn from_folder(dir: &Path) -> Result<T5Tokenizer> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
+        Self::from_source(&TokenizerSource::Folder(dir.to_path_buf()))
+    }
+
+    /// Load from a tokenizer folder or from files embedded in a single-file checkpoint.
+    pub fn from_source(source: &TokenizerSource) -> Result<T5Tokenizer> {
+        let path = match source {
+            TokenizerSource::Folder(dir) => dir.join("tokenizer.json"),
+            TokenizerSource::Embedded { checkpoint, .. } => checkpoint.join("tokenizer.json"),
+        };
+        if !source.has_file("tokenizer.json") {
             return Err(Error::missing_file(
                 path,
                 "a T5 tokenizer folder (diffusers `tokenizer_2/` or `tokenizer_3/`) must contain tokenizer.json \
@@ -36,16 +46,22 @@ impl T5Tokenizer {
                  T5TokenizerFast to get one)",
             ));
         }
-        Self::from_file(&path)
+        let text = source.read_file("tokenizer.json")?;
+        let tokenizer = Tokenizer::from_str(&text).map_err(|e| Error::invalid_file(&path, e.to_string()))?;
+        Self::new(tokenizer, path)
     }
 
     /// Load a `tokenizer.json` that has a `<pad>` token.
     pub fn from_file(path: &Path) -> Result<T5Tokenizer> {
         let tokenizer = Tokenizer::from_file(path).map_err(|e| Error::invalid_file(path, e.to_string()))?;
+        Self::new(tokenizer, path.to_path_buf())
+    }
+
+    fn new(tokenizer: Tokenizer, source: PathBuf) -> Result<T5Tokenizer> {
         let pad_id = tokenizer
             .token_to_id(PAD_TOKEN)
-            .ok_or_else(|| Error::invalid_file(path, format!("no `{PAD_TOKEN}` token: this is not a T5 tokenizer")))?;
-        Ok(T5Tokenizer { tokenizer, pad_id, source: path.to_path_buf() })
+            .ok_or_else(|| Error::invalid_file(&source, format!("no `{PAD_TOKEN}` token: this is not a T5 tokenizer")))?;
+        Ok(T5Tokenizer { tokenizer, pad_id, source })
     }
 
     pub fn pad_id(&self) -> u32 {

@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn time_ids_layout_and_missing_sizes() {
-        let info = ImageInfo { original_size: (768, 1024), crop_top_left: (16, 32), target_size: (1024, 1024) };
+        let info = ImageInfo { original_size: (768, 1024), crop_top_left: (16, 32), target_size: (1024, 1024), guidance: None };
         let ids = sdxl_time_ids(&info, 2, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(ids, vec![vec![768., 1024., 16., 32., 1024., 1024.]; 2]);
         assert!(sdxl_time_ids(&ImageInfo::default(), 1, &Device::Cpu).is_err());
