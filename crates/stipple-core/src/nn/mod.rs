@@ -7,6 +7,8 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv2d;
+mod fast_math;
 pub mod feed_forward;
 pub mod group_norm;
 pub mod layer_norm;
@@ -20,3 +22,4 @@ pub mod transformer_block;
 
 #[cfg(test)]
 pub(crate) mod test_support;
+

@@ -37,7 +37,7 @@ pub struct SpatialTransformer {
 impl SpatialTransformer {
     pub fn new(vb: VarBuilder, cfg: SpatialTransformerConfig) -> Result<Self> {
         let c = cfg.channels;
-        if cfg.heads == 0 || c % cfg.heads != 0 {
+        if cfg.heads == 0 || !c.is_multiple_of(cfg.heads) {
             return Err(crate::Error::Unsupported(format!(
                 "transformer at `{}`: {c} channels cannot be split into {} attention heads \
                  (check attention_head_dim / num_attention_heads in config.json)",

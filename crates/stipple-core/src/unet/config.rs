@@ -355,7 +355,7 @@ impl UNetConfig {
         if self.attention_type != "default" {
             return refuse(format!("attention_type \"{}\"", self.attention_type));
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return refuse("an even conv_in_kernel / conv_out_kernel".into());
         }
         Ok(())
