@@ -77,8 +77,7 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
-        self.to_out.forward(&self.merge_heads(&out, x.dim(0)?)?)
-            .map_err(Into::into)
+        Ok(self.to_out.forward(&self.merge_heads(&out, x.dim(0)?)?)?)
     }
 
     /// `[B, S, H * Dh]` → `[B * H, S, Dh]`, contiguous.
@@ -88,7 +87,8 @@ impl Attention {
         if self.heads == 1 {
             return Ok(t.contiguous()?);
         }
-        Ok(t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()?.reshape((b * self.heads, s, dh))?)
+        let per_head = t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()?;
+        Ok(per_head.reshape((b * self.heads, s, dh))?)
     }
 
     /// `[B * H, S, Dh]` → `[B, S, H * Dh]`, contiguous.
@@ -97,7 +97,8 @@ impl Attention {
         if self.heads == 1 {
             return Ok(t.clone());
         }
-        Ok(t.reshape((batch, self.heads, s, dh))?.transpose(1, 2)?.contiguous()?.reshape((batch, s, self.heads * dh))?)
+        let per_token = t.reshape((batch, self.heads, s, dh))?.transpose(1, 2)?.contiguous()?;
+        Ok(per_token.reshape((batch, s, self.heads * dh))?)
     }
 }
 
@@ -339,7 +340,13 @@ mod tests {
             DType::F32,
             &dev,
         );
-        let cfg = AttentionConfig { query_dim: dim, context_dim: Some(ctx_dim), heads, head_dim: dim / heads, qkv_bias: false };
+        let cfg = AttentionConfig {
+            query_dim: dim,
+            context_dim: Some(ctx_dim),
+            heads,
+            head_dim: dim / heads,
+            qkv_bias: false,
+        };
         let attn = Attention::new(vb, cfg).unwrap();
         let x = seeded(&[2, 5, dim], 6, &dev);
         let ctx = seeded(&[2, 7, ctx_dim], 7, &dev);

@@ -30,7 +30,14 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// Loads `weight` `[out, in, k, k]` and `bias` `[out]`; symmetric `padding`.
-    pub fn new(vb: VarBuilder, in_channels: usize, out_channels: usize, kernel: usize, stride: usize, padding: usize) -> Result<Self> {
+    pub fn new(
+        vb: VarBuilder,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
         Self::with_padding(vb, in_channels, out_channels, kernel, stride, padding, padding)
     }
 
@@ -54,7 +61,11 @@ impl Conv2d {
         let (_, c_in, h, w) = x.dims4()?;
         let (_, w_in, k, _) = self.weight.dims4()?;
         if c_in != w_in {
-            return Err(candle_core::Error::Msg(format!("convolution over {w_in} channels got an input of shape {:?}", x.dims())).into());
+            return Err(candle_core::Error::Msg(format!(
+                "convolution over {w_in} channels got an input of shape {:?}",
+                x.dims()
+            ))
+            .into());
         }
         if h + self.pad_before + self.pad_after < k || w + self.pad_before + self.pad_after < k {
             return Err(candle_core::Error::Msg(format!("input {h}x{w} is smaller than the {k}x{k} kernel")).into());
@@ -66,7 +77,8 @@ impl Conv2d {
     }
 
     fn forward_cpu(&self, x: &Tensor, max_tile_elements: usize) -> Result<Tensor> {
-        let op = ConvCpu { stride: self.stride, pad_before: self.pad_before, pad_after: self.pad_after, max_tile_elements };
+        let op =
+            ConvCpu { stride: self.stride, pad_before: self.pad_before, pad_after: self.pad_after, max_tile_elements };
         Ok(x.contiguous()?.apply_op3_no_bwd(&self.weight.contiguous()?, &self.bias, &op)?)
     }
 
@@ -123,7 +135,8 @@ impl CustomOp3 for ConvCpu {
         let plane_out = g.out_h * g.out_w;
         let kk = c_in * k * k;
         let pointwise = k == 1 && self.stride == 1 && self.pad_before == 0 && self.pad_after == 0;
-        let rows_per_tile = if pointwise { g.out_h } else { (self.max_tile_elements / (kk * g.out_w)).clamp(1, g.out_h) };
+        let rows_per_tile =
+            if pointwise { g.out_h } else { (self.max_tile_elements / (kk * g.out_w)).clamp(1, g.out_h) };
         let mut cols = if pointwise { Vec::new() } else { vec![0f32; kk * rows_per_tile * g.out_w] };
         let mut out = vec![0f32; batch * c_out * plane_out];
         let threads = rayon::current_num_threads();
@@ -234,7 +247,9 @@ mod tests {
     #[test]
     fn cpu_kernel_matches_candle_convolution() {
         let x = seeded(&[2, 3, 9, 7], 3, &Device::Cpu);
-        for (k, stride, before, after) in [(3, 1, 1, 1), (3, 2, 1, 1), (3, 2, 0, 1), (1, 1, 0, 0), (3, 1, 0, 0), (5, 2, 2, 2)] {
+        for (k, stride, before, after) in
+            [(3, 1, 1, 1), (3, 2, 1, 1), (3, 2, 0, 1), (1, 1, 0, 0), (3, 1, 0, 0), (5, 2, 2, 2)]
+        {
             let c = conv(3, 4, k, stride, before, after);
             let got = c.forward(&x).unwrap();
             let want = c.forward_generic(&x).unwrap();

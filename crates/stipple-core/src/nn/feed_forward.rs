@@ -53,7 +53,13 @@ impl CustomOp2 for GegluCpu {
         "stipple-geglu"
     }
 
-    fn cpu_fwd(&self, hs: &CpuStorage, hl: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let hidden = contiguous_f32(hs, hl, "hidden")?;
         let gate = contiguous_f32(gs, gl, "gate")?;
         if hl.shape() != gl.shape() {
@@ -83,10 +89,15 @@ mod tests {
         let w2 = seeded(&[dim, inner], 3, &dev);
         let b2 = seeded(&[dim], 4, &dev);
         let vb = VarBuilder::from_tensors(
-            [("net.0.proj.weight", w.clone()), ("net.0.proj.bias", b.clone()), ("net.2.weight", w2.clone()), ("net.2.bias", b2.clone())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            [
+                ("net.0.proj.weight", w.clone()),
+                ("net.0.proj.bias", b.clone()),
+                ("net.2.weight", w2.clone()),
+                ("net.2.bias", b2.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             DType::F32,
             &dev,
         );

@@ -189,7 +189,16 @@ mod tests {
         let gn = norm(4, 8);
         // An offset of 50 exercises the two-pass statistics.
         let x = (seeded(&[2, 8, 5, 3], 3, &Device::Cpu) + 50.0).unwrap();
-        let got: Vec<f64> = gn.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as f64).collect();
+        let got: Vec<f64> = gn
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
         let want = reference(&gn, &x);
         let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 2e-5, "max error {err}");

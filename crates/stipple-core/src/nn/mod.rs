@@ -22,4 +22,3 @@ pub mod transformer_block;
 
 #[cfg(test)]
 pub(crate) mod test_support;
-

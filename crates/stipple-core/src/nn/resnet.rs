@@ -58,11 +58,8 @@ impl ResnetBlock2D {
             }
             None => None,
         };
-        let conv_shortcut = if cin != cout {
-            Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?)
-        } else {
-            None
-        };
+        let conv_shortcut =
+            if cin != cout { Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None };
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), cfg.groups, cin, cfg.eps)?,
             conv1: Conv2d::new(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
@@ -85,7 +82,9 @@ impl ResnetBlock2D {
             _ => None,
         };
         let h = match (temb, self.cfg.time_embedding_norm) {
-            (Some(t), TimeEmbeddingNorm::Default) => self.norm2.forward_activated(&h.broadcast_add(&t)?, self.cfg.act)?,
+            (Some(t), TimeEmbeddingNorm::Default) => {
+                self.norm2.forward_activated(&h.broadcast_add(&t)?, self.cfg.act)?
+            }
             (Some(t), TimeEmbeddingNorm::ScaleShift) => {
                 let c = self.cfg.out_channels;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);

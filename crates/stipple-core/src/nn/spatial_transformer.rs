@@ -47,7 +47,15 @@ impl SpatialTransformer {
         }
         let head_dim = c / cfg.heads;
         let blocks = (0..cfg.depth)
-            .map(|i| BasicTransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), c, cfg.heads, head_dim, cfg.context_dim))
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    c,
+                    cfg.heads,
+                    head_dim,
+                    cfg.context_dim,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::new(vb.pp("norm"), cfg.norm_groups, c, GROUP_NORM_EPS)?,

@@ -119,7 +119,13 @@ impl UNet2DConditionModel {
         let add_embedding = match plan.text_time {
             Some(tt) => {
                 // diffusers builds add_embedding with TimestepEmbedding's default act (SiLU), not act_fn.
-                let emb = TimestepEmbedding::new(vb.pp("add_embedding"), tt.input_dim, plan.time_embed_dim, Activation::Silu, None)?;
+                let emb = TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    tt.input_dim,
+                    plan.time_embed_dim,
+                    Activation::Silu,
+                    None,
+                )?;
                 Some((tt, emb))
             }
             None => None,
@@ -164,7 +170,9 @@ impl UNet2DConditionModel {
         let files = diffusers_weight_files(dir)?;
         let vb = open_safetensors(&files, dtype, device)?;
         Self::new(vb, &config).map_err(|e| match e {
-            Error::Tensor(t) => Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display())),
+            Error::Tensor(t) => {
+                Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display()))
+            }
             Error::Unsupported(msg) => Error::Unsupported(format!("{}: {msg}", config_path.display())),
             other => other,
         })
@@ -245,7 +253,8 @@ impl UNet2DConditionModel {
                 ))
             }
         };
-        let t_emb = sinusoidal_embedding(&t, self.plan.timestep_dim, self.config.flip_sin_to_cos, self.config.freq_shift)?;
+        let t_emb =
+            sinusoidal_embedding(&t, self.plan.timestep_dim, self.config.flip_sin_to_cos, self.config.freq_shift)?;
         let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
 
         match (&self.add_embedding, added) {
@@ -254,7 +263,10 @@ impl UNet2DConditionModel {
                 if text_embeds.dims() != [batch, text_width] {
                     return Err(Error::param(
                         "text_embeds",
-                        format!("shape {:?}, expected [{batch}, {text_width}] (pooled text embedding)", text_embeds.dims()),
+                        format!(
+                            "shape {:?}, expected [{batch}, {text_width}] (pooled text embedding)",
+                            text_embeds.dims()
+                        ),
                     ));
                 }
                 if time_ids.dims() != [batch, TIME_ID_COUNT] {
@@ -309,7 +321,10 @@ impl Denoiser for UNet2DConditionModel {
             return self.forward_with_added(x, timesteps, &cond.context, None);
         }
         let pooled = cond.pooled.as_ref().ok_or_else(|| {
-            Error::param("conditioning", "SDXL's UNet needs the pooled text embedding (text_embeds); the text encoder gave none")
+            Error::param(
+                "conditioning",
+                "SDXL's UNet needs the pooled text embedding (text_embeds); the text encoder gave none",
+            )
         })?;
         let time_ids = sdxl_time_ids(info, x.dim(0)?, x.device())?;
         self.forward_with_added(x, timesteps, &cond.context, Some((pooled, &time_ids)))
@@ -346,13 +361,28 @@ mod tests {
     #[test]
     fn tiny_reference_model_in_f32_and_f64() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors");
-        let case = candle_core::safetensors::load(root.join("cases/unet/unet_sd_tiny_tbatch.safetensors"), &Device::Cpu).unwrap();
+        let case =
+            candle_core::safetensors::load(root.join("cases/unet/unet_sd_tiny_tbatch.safetensors"), &Device::Cpu)
+                .unwrap();
         let want = case["output"].to_dtype(DType::F64).unwrap();
-        let allowance = 1e-6 + 1.2e-5 * want.abs().unwrap().max_keepdim(0).unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let allowance = 1e-6
+            + 1.2e-5
+                * want
+                    .abs()
+                    .unwrap()
+                    .max_keepdim(0)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
         for dtype in [DType::F32, DType::F64] {
             let unet = UNet2DConditionModel::load(&root.join("models/sd_tiny/unet"), dtype, &Device::Cpu).unwrap();
             let cond = Conditioning { context: case["encoder_hidden_states"].clone(), pooled: None };
-            let got = Denoiser::forward(&unet, &case["sample"], &case["timestep"], &cond, &ImageInfo::default()).unwrap();
+            let got =
+                Denoiser::forward(&unet, &case["sample"], &case["timestep"], &cond, &ImageInfo::default()).unwrap();
             assert_eq!(got.dtype(), DType::F32);
             let err = crate::nn::test_support::max_abs_diff(&got, &want);
             assert!(err <= allowance, "{dtype:?}: {err} > {allowance}");
@@ -411,7 +441,10 @@ mod tests {
         assert!(unet.forward_with_added(&x, &Tensor::new(&[1f32, 2., 3.], &dev).unwrap(), &ctx, added).is_err());
         // Spatial size not a multiple of the downsampling factor: upsampling follows the skips.
         let odd = Tensor::randn(0f32, 1.0, (2, 4, 7, 9), &dev).unwrap();
-        assert_eq!(unet.forward_with_added(&odd, &Tensor::new(&[3f32], &dev).unwrap(), &ctx, added).unwrap().dims(), &[2, 4, 7, 9]);
+        assert_eq!(
+            unet.forward_with_added(&odd, &Tensor::new(&[3f32], &dev).unwrap(), &ctx, added).unwrap().dims(),
+            &[2, 4, 7, 9]
+        );
     }
 
     #[test]

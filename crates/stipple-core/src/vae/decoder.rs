@@ -45,8 +45,11 @@ impl Decoder {
                     ResnetBlock2D::new(vb_block.pp(format!("resnets.{j}")), vae_resnet(cin, out, groups, cfg.act_fn))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let upsampler =
-                if i + 1 < reversed.len() { Some(Upsample2D::new(vb_block.pp("upsamplers.0"), out, out)?) } else { None };
+            let upsampler = if i + 1 < reversed.len() {
+                Some(Upsample2D::new(vb_block.pp("upsamplers.0"), out, out)?)
+            } else {
+                None
+            };
             up_blocks.push(UpDecoderBlock { resnets, upsampler });
         }
         let bottom = reversed[reversed.len() - 1];

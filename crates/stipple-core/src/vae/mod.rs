@@ -56,7 +56,9 @@ impl AutoencoderKL {
         let files = diffusers_weight_files(dir)?;
         let vb = open_safetensors(&files, dtype, device)?;
         Self::new(vb, &config).map_err(|e| match e {
-            Error::Tensor(t) => Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display())),
+            Error::Tensor(t) => {
+                Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display()))
+            }
             Error::Unsupported(msg) => Error::Unsupported(format!("{}: {msg}", config_path.display())),
             other => other,
         })
