@@ -7,6 +7,8 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv2d;
+mod fast_math;
 pub mod feed_forward;
 pub mod group_norm;
 pub mod layer_norm;
