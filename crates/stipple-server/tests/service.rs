@@ -140,6 +140,12 @@ async fn idempotent_retries_are_charged_once() {
     let r = c.request(reqwest::Method::POST, "/api/generations", Some(body), &[("idempotency-key", "key-2")]).await;
     assert_ne!(r.json()["id"].as_str().unwrap(), ids[0]);
     assert_eq!(c.me().await["tokens"]["used_today"], 200);
+    // The same key for a different request is refused, not silently answered.
+    let other = serde_json::to_vec(&json!({"prompt": "something else", "steps": 2})).unwrap();
+    let r = c.request(reqwest::Method::POST, "/api/generations", Some(other), &[("idempotency-key", "key-1")]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.param().as_deref(), Some("Idempotency-Key"));
+    assert_eq!(c.me().await["tokens"]["used_today"], 200);
     ts.server.shutdown().await;
 }
 
@@ -184,12 +190,14 @@ async fn cancel_releases_queued_reservations_and_stops_running_jobs() {
 fn a_job_running_when_the_process_dies_is_requeued_and_finished_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
+    let database_url = tokio::runtime::Runtime::new().unwrap().block_on(common::fresh_database());
 
     // First process: its own runtime, dropped mid-job to simulate a crash (no graceful stop).
     let rt1 = tokio::runtime::Runtime::new().unwrap();
     let (base, cookie_client_id) = rt1.block_on(async {
         let mut cfg = common::config(&data);
         cfg.lease_secs = 1;
+        cfg.database_url = database_url.clone();
         let server = stipple_server::Server::start(cfg).await.unwrap();
         let base = format!("http://{}", server.addr);
         let c = Client::new(&base).await;
@@ -207,6 +215,7 @@ fn a_job_running_when_the_process_dies_is_requeued_and_finished_once() {
     rt2.block_on(async {
         let mut cfg = common::config(&data);
         cfg.lease_secs = 1;
+        cfg.database_url = database_url;
         let server = stipple_server::Server::start(cfg).await.unwrap();
         let c = client.with_base(&format!("http://{}", server.addr));
         let g = c.wait(&id, 60).await;
