@@ -481,3 +481,23 @@ async fn requests_beyond_the_address_rate_limit_get_429() {
     assert_eq!(c.get("/").await.status, StatusCode::OK, "the page itself is not limited");
     ts.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_worker_process_runs_the_queue_of_an_api_only_server() {
+    // The API server runs no engine; a worker (as `stipple worker` would) shares its store.
+    let ts = TestServer::start(|c| c.workers = 0).await;
+    let mut worker_config = common::config(ts.dir.path());
+    worker_config.database_url = ts.server.state.config.database_url.clone();
+    let workers = stipple_server::Workers::start(worker_config).await.unwrap();
+    let c = ts.client().await;
+    let g = c.generate(json!({"prompt": "made elsewhere", "steps": 5})).await;
+    let id = g["id"].as_str().unwrap();
+    // Progress reaches the server's event stream through the store (no previews across processes).
+    let events = read_events(&c, id).await;
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    let g = c.get(&format!("/api/generations/{id}")).await.json();
+    assert_eq!(g["status"], "succeeded");
+    assert_eq!(c.get(g["image_url"].as_str().unwrap()).await.status, StatusCode::OK);
+    workers.shutdown().await;
+    ts.server.shutdown().await;
+}
