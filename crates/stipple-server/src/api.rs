@@ -36,8 +36,16 @@ pub async fn create_generation(State(state): St, Extension(caller): Extension<Ca
     let input: GenerationInput = parse_json(&body)?;
     let (params, cost) = resolve(&input, &state.models, &state.config)?;
     let idempotency_key = idempotency_key(&headers)?;
+    let requested = params.clone();
     let job = NewJob { owner: caller.owner(), idempotency_key, params, cost };
     let job = jobs::enqueue(&state.db, &caller.payer(&state), vec![job], now_ms()).await?.remove(0);
+    // A key reused for a different request is a client bug, not a retry (the seed differs
+    // between retries when it was left to the server).
+    let seed_given = input.seed.is_some();
+    let expected = crate::params::GenerationParams { seed: if seed_given { requested.seed } else { job.params.seed }, ..requested };
+    if job.params != expected {
+        return Err(ApiError::conflict("this Idempotency-Key was used for a different request; use a new key").with_param("Idempotency-Key"));
+    }
     state.queue_signal.notify_one();
     let position = jobs::queue_position(&state.db, &job).await?;
     let body = json!({"id": job.id, "status": job.status, "cost": job.cost, "queue_position": position});
@@ -457,6 +465,7 @@ pub async fn history(State(state): St, Extension(caller): Extension<Caller>, hea
         None => 20,
         Some(s) => s.parse::<i64>().ok().filter(|n| (1..=100).contains(n)).ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to 100, got `{s}`")))?,
     };
+    // Without a cursor every row is "before" (i64::MAX), whatever the id.
     let (before_at, before_id) = match q.cursor.as_deref() {
         None => (i64::MAX, String::new()),
         Some(c) => decode_cursor(c).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor this server returned"))?,
@@ -468,7 +477,7 @@ pub async fn history(State(state): St, Extension(caller): Extension<Caller>, hea
     .bind(caller.owner())
     .bind(now_ms())
     .bind(before_at)
-    .bind(if before_at == i64::MAX { "\u{10FFFF}".to_string() } else { before_id })
+    .bind(before_id)
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;

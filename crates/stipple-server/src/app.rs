@@ -192,19 +192,38 @@ impl Server {
     }
 }
 
-/// Only workers, reaper and purger, on the configured store (`stipple worker`): scale out by
-/// running several, pointed at one PostgreSQL database.
-pub async fn run_workers(config: Config) -> Result<(), StartError> {
-    let workers = config.workers.max(1);
-    let state = AppState::open(config).await?;
-    let (shutdown, rx) = watch::channel(false);
-    let tasks = background(&state, &rx, workers);
-    wait_for_signal().await;
-    let _ = shutdown.send(true);
-    state.hub.cancel_all();
-    for t in tasks {
-        let _ = t.await;
+/// Only workers, reaper and purger on the configured store, no HTTP (`stipple worker`): scale
+/// out by running several against one database (and one image store).
+pub struct Workers {
+    pub state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub async fn start(config: Config) -> Result<Workers, StartError> {
+        let workers = config.workers.max(1);
+        let state = AppState::open(config).await?;
+        let (shutdown, rx) = watch::channel(false);
+        let tasks = background(&state, &rx, workers);
+        Ok(Workers { state, shutdown, tasks })
     }
+
+    /// Stop; running jobs go back to the queue.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.state.hub.cancel_all();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// `stipple worker`: run workers until Ctrl-C / SIGTERM.
+pub async fn run_workers(config: Config) -> Result<(), StartError> {
+    let workers = Workers::start(config).await?;
+    wait_for_signal().await;
+    workers.shutdown().await;
     Ok(())
 }
 

@@ -115,8 +115,11 @@ async fn session_account(state: &AppState, token: &str) -> sqlx::Result<Option<A
 pub async fn identify(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let addr = client_addr(&state, &req);
     let path = req.uri().path().to_string();
-    let is_api = path.starts_with("/api/") || path.starts_with("/v1/");
-    if is_api && path != "/api/billing/webhook" {
+    if !(path.starts_with("/api/") || path.starts_with("/v1/")) {
+        // The page, its assets, share pages, health and metrics need no identity.
+        return next.run(req).await;
+    }
+    if path != "/api/billing/webhook" {
         if let Err(wait) = state.limiter.check(addr, Instant::now()) {
             state.metrics.rate_limited();
             return ApiError::rate_limited(wait).into_response();

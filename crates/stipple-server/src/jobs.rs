@@ -282,27 +282,39 @@ pub async fn succeed(db: &Db, job: &Job, worker: &str, image: &NewImage, now: i6
     Ok(true)
 }
 
-/// End a job that a worker held: failed (tokens released) or canceled while running (charged).
-pub async fn finish_unsuccessful(db: &Db, job: &Job, worker: &str, status: JobStatus, error: &str, now: i64) -> sqlx::Result<bool> {
+/// End a job that a worker held: failed (tokens released), or canceled while running (charged
+/// `charged` of its cost, the rest released).
+#[allow(clippy::too_many_arguments)]
+pub async fn finish_unsuccessful(
+    db: &Db,
+    job: &Job,
+    worker: &str,
+    status: JobStatus,
+    error: &str,
+    steps_done: usize,
+    charged: i64,
+    now: i64,
+) -> sqlx::Result<bool> {
+    let charged = if status == JobStatus::Failed { 0 } else { charged.clamp(0, job.cost) };
     let mut tx = db.begin().await?;
     let updated = sqlx::query(
-        "UPDATE jobs SET status = $3, error = $4, finished_at = $5, settled = 1, lease_owner = NULL, lease_expires_at = NULL \
-         WHERE id = $1 AND lease_owner = $2 AND status = 'running' AND settled = 0",
+        "UPDATE jobs SET status = $3, error = $4, finished_at = $5, cost = $6, step = $7, settled = 1, lease_owner = NULL, \
+         lease_expires_at = NULL WHERE id = $1 AND lease_owner = $2 AND status = 'running' AND settled = 0",
     )
     .bind(&job.id)
     .bind(worker)
     .bind(status.as_str())
     .bind(error)
     .bind(now)
+    .bind(if status == JobStatus::Failed { job.cost } else { charged })
+    .bind(steps_done as i64)
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 0 {
         return Ok(false);
     }
-    if status == JobStatus::Failed {
-        quota::release(&mut tx, &job.wallet_primary, job.wallet_secondary.as_deref(), job.reservation).await?;
-    }
+    quota::refund(&mut tx, &job.wallet_primary, job.wallet_secondary.as_deref(), job.reservation, job.cost - charged).await?;
     tx.commit().await?;
     Ok(true)
 }

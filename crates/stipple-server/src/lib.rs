@@ -27,6 +27,6 @@ pub mod retention;
 pub mod web;
 pub mod worker;
 
-pub use app::{run_workers, AppState, Server};
+pub use app::{run_workers, AppState, Server, Workers};
 pub use config::Config;
 pub use error::StartError;

@@ -30,9 +30,25 @@ pub fn cost(p: PriceInputs) -> i64 {
     }
 }
 
+/// What a run cancelled after `done` of `steps` steps is charged: its share of the price, at
+/// least the minimum (or the whole price when that is below the minimum).
+pub fn partial_cost(cost: i64, done: usize, steps: usize) -> i64 {
+    let share = (cost as f64 * done as f64 / steps.max(1) as f64).ceil() as i64;
+    share.clamp(MIN_COST.min(cost), cost)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cancelled_runs_pay_for_the_steps_done() {
+        assert_eq!(partial_cost(400, 10, 100), 100, "at least the minimum");
+        assert_eq!(partial_cost(400, 50, 100), 200);
+        assert_eq!(partial_cost(400, 100, 100), 400);
+        assert_eq!(partial_cost(400, 0, 100), 100);
+        assert_eq!(partial_cost(5000, 1, 3), 1667);
+    }
 
     fn at(width: usize, height: usize, steps: usize, factor: f64) -> i64 {
         cost(PriceInputs { cost_factor: factor, width, height, steps, default_width: 128, default_height: 128, default_steps: 20 })

@@ -101,6 +101,15 @@ pub async fn release(tx: &mut Tx<'_>, primary: &str, secondary: Option<&str>, r:
     Ok(())
 }
 
+/// Give back `amount` of a reservation (a run cancelled part way pays only for what it did):
+/// purchased tokens first, as they are worth money.
+pub async fn refund(tx: &mut Tx<'_>, primary: &str, secondary: Option<&str>, r: Reservation, amount: i64) -> sqlx::Result<()> {
+    let amount = amount.clamp(0, r.daily_part + r.purchased_part);
+    let from_purchased = amount.min(r.purchased_part);
+    let part = Reservation { day: r.day, daily_part: amount - from_purchased, purchased_part: from_purchased };
+    release(tx, primary, secondary, part).await
+}
+
 /// Add to a wallet's day usage (when the wallet is still on `day`) and its purchased balance.
 async fn adjust(tx: &mut Tx<'_>, key: &str, day: i64, used_delta: i64, purchased_delta: i64) -> sqlx::Result<()> {
     sqlx::query(

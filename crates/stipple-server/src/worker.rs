@@ -17,6 +17,7 @@ use crate::crypto::random_token;
 use crate::events::JobEvent;
 use crate::jobs::{self, Job, JobStatus, NewImage};
 use crate::preview::latent_preview;
+use crate::pricing::partial_cost;
 
 /// How the engine run ended.
 enum RunOutcome {
@@ -84,7 +85,8 @@ async fn run_job(state: &Arc<AppState>, worker_id: &str, job: Job, shutdown: &wa
     };
     if !lost_lease {
         let shutting_down = *shutdown.borrow();
-        finish(state, worker_id, &job, outcome, shutting_down).await;
+        let done = progress.load(Ordering::Relaxed);
+        finish(state, worker_id, &job, outcome, done, shutting_down).await;
     }
     state.hub.finish(&job.id);
 }
@@ -142,7 +144,7 @@ fn run_engine(state: &AppState, job: &Job, cancel: &std::sync::atomic::AtomicBoo
     }
 }
 
-async fn finish(state: &AppState, worker_id: &str, job: &Job, outcome: RunOutcome, shutting_down: bool) {
+async fn finish(state: &AppState, worker_id: &str, job: &Job, outcome: RunOutcome, steps_done: usize, shutting_down: bool) {
     let now = now_ms();
     let result = match outcome {
         RunOutcome::Image { png, width, height } => store_image(state, worker_id, job, png, width, height).await,
@@ -150,17 +152,18 @@ async fn finish(state: &AppState, worker_id: &str, job: &Job, outcome: RunOutcom
             // Not the user's doing: the next start runs it again.
             jobs::requeue_worker(&state.db, worker_id).await.map(|_| ())
         }
-        RunOutcome::Cancelled => jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Canceled, "canceled", now)
-            .await
-            .map(|done| {
+        RunOutcome::Cancelled => {
+            let charged = partial_cost(job.cost, steps_done, job.steps as usize);
+            jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Canceled, "canceled", steps_done, charged, now).await.map(|done| {
                 if done {
                     state.metrics.job_finished(2);
-                    state.metrics.tokens_spent(job.cost);
+                    state.metrics.tokens_spent(charged);
                 }
-            }),
+            })
+        }
         RunOutcome::Failed(message) => {
             tracing::warn!(job = %job.id, "generation failed: {message}");
-            jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Failed, &message, now)
+            jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Failed, &message, steps_done, 0, now)
                 .await
                 .map(|done| if done { state.metrics.job_finished(1) })
         }
@@ -176,7 +179,7 @@ async fn store_image(state: &AppState, worker_id: &str, job: &Job, png: Vec<u8>,
     let blob_key = format!("{image_id}.png");
     if let Err(e) = state.blobs.put(&blob_key, png).await {
         tracing::error!(job = %job.id, "storing the image failed: {e}");
-        let failed = jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Failed, "the image could not be stored", now_ms()).await?;
+        let failed = jobs::finish_unsuccessful(&state.db, job, worker_id, JobStatus::Failed, "the image could not be stored", job.steps as usize, 0, now_ms()).await?;
         if failed {
             state.metrics.job_finished(1);
         }

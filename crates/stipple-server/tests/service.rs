@@ -140,6 +140,12 @@ async fn idempotent_retries_are_charged_once() {
     let r = c.request(reqwest::Method::POST, "/api/generations", Some(body), &[("idempotency-key", "key-2")]).await;
     assert_ne!(r.json()["id"].as_str().unwrap(), ids[0]);
     assert_eq!(c.me().await["tokens"]["used_today"], 200);
+    // The same key for a different request is refused, not silently answered.
+    let other = serde_json::to_vec(&json!({"prompt": "something else", "steps": 2})).unwrap();
+    let r = c.request(reqwest::Method::POST, "/api/generations", Some(other), &[("idempotency-key", "key-1")]).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.param().as_deref(), Some("Idempotency-Key"));
+    assert_eq!(c.me().await["tokens"]["used_today"], 200);
     ts.server.shutdown().await;
 }
 
@@ -162,7 +168,7 @@ async fn cancel_releases_queued_reservations_and_stops_running_jobs() {
     assert_eq!(r["status"], "canceled");
     assert_eq!(c.me().await["tokens"]["used_today"].as_i64().unwrap(), cost_running);
 
-    // Cancelled while running: it stops at the next step (and is charged).
+    // Cancelled while running: it stops at the next step and pays only for the steps it ran.
     let t0 = Instant::now();
     c.post(&format!("/api/generations/{running_id}/cancel"), &json!({})).await;
     let events = read_events(&c, running_id).await;
@@ -171,8 +177,11 @@ async fn cancel_releases_queued_reservations_and_stops_running_jobs() {
     assert!(t0.elapsed() < Duration::from_secs(10), "stopped promptly");
     let g = c.get(&format!("/api/generations/{running_id}")).await.json();
     assert_eq!(g["status"], "canceled");
-    assert!(g["progress"]["step"].as_i64().unwrap() < 100);
-    assert_eq!(c.me().await["tokens"]["used_today"].as_i64().unwrap(), cost_running);
+    let done = g["progress"]["step"].as_i64().unwrap();
+    assert!(done < 100);
+    let charged = ((cost_running * done) as f64 / 100.0).ceil().max(100.0) as i64;
+    assert_eq!(g["cost"].as_i64().unwrap(), charged, "{g}");
+    assert_eq!(c.me().await["tokens"]["used_today"].as_i64().unwrap(), charged);
 
     // Another visitor cannot cancel (or see) it.
     let other = Client::new(&ts.base).await;
@@ -184,12 +193,14 @@ async fn cancel_releases_queued_reservations_and_stops_running_jobs() {
 fn a_job_running_when_the_process_dies_is_requeued_and_finished_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_path_buf();
+    let database_url = tokio::runtime::Runtime::new().unwrap().block_on(common::fresh_database());
 
     // First process: its own runtime, dropped mid-job to simulate a crash (no graceful stop).
     let rt1 = tokio::runtime::Runtime::new().unwrap();
     let (base, cookie_client_id) = rt1.block_on(async {
         let mut cfg = common::config(&data);
         cfg.lease_secs = 1;
+        cfg.database_url = database_url.clone();
         let server = stipple_server::Server::start(cfg).await.unwrap();
         let base = format!("http://{}", server.addr);
         let c = Client::new(&base).await;
@@ -207,6 +218,7 @@ fn a_job_running_when_the_process_dies_is_requeued_and_finished_once() {
     rt2.block_on(async {
         let mut cfg = common::config(&data);
         cfg.lease_secs = 1;
+        cfg.database_url = database_url;
         let server = stipple_server::Server::start(cfg).await.unwrap();
         let c = client.with_base(&format!("http://{}", server.addr));
         let g = c.wait(&id, 60).await;
@@ -467,5 +479,25 @@ async fn requests_beyond_the_address_rate_limit_get_429() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers.contains_key("retry-after"));
     assert_eq!(c.get("/").await.status, StatusCode::OK, "the page itself is not limited");
+    ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_worker_process_runs_the_queue_of_an_api_only_server() {
+    // The API server runs no engine; a worker (as `stipple worker` would) shares its store.
+    let ts = TestServer::start(|c| c.workers = 0).await;
+    let mut worker_config = common::config(ts.dir.path());
+    worker_config.database_url = ts.server.state.config.database_url.clone();
+    let workers = stipple_server::Workers::start(worker_config).await.unwrap();
+    let c = ts.client().await;
+    let g = c.generate(json!({"prompt": "made elsewhere", "steps": 5})).await;
+    let id = g["id"].as_str().unwrap();
+    // Progress reaches the server's event stream through the store (no previews across processes).
+    let events = read_events(&c, id).await;
+    assert_eq!(events.last().unwrap().0, "done", "{events:?}");
+    let g = c.get(&format!("/api/generations/{id}")).await.json();
+    assert_eq!(g["status"], "succeeded");
+    assert_eq!(c.get(g["image_url"].as_str().unwrap()).await.status, StatusCode::OK);
+    workers.shutdown().await;
     ts.server.shutdown().await;
 }

@@ -16,6 +16,19 @@ pub fn sd_tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/models/sd_tiny")
 }
 
+/// With `STIPPLE_TEST_DATABASE_URL=postgres://user@host:port` set, a fresh PostgreSQL database
+/// for one test (the same tests then check the PostgreSQL path); else `None` (SQLite).
+pub async fn fresh_database() -> Option<String> {
+    let server = std::env::var("STIPPLE_TEST_DATABASE_URL").ok().filter(|s| !s.is_empty())?;
+    let server = server.trim_end_matches('/');
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&format!("{server}/postgres")).await.expect("PostgreSQL reachable");
+    let name = format!("stipple_test_{}", stipple_server::crypto::random_token(9).to_lowercase().replace(['-', '_'], "x"));
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("CREATE DATABASE");
+    admin.close().await;
+    Some(format!("{server}/{name}"))
+}
+
 /// Settings for tests: the tiny model, short leases, no rate limit unless asked.
 pub fn config(dir: &Path) -> Config {
     Config {
@@ -41,6 +54,7 @@ impl TestServer {
     pub async fn start(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut c = config(dir.path());
+        c.database_url = fresh_database().await;
         adjust(&mut c);
         let server = Server::start(c).await.expect("server starts");
         let base = format!("http://{}", server.addr);
