@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod conformance_cmd;
 mod generate_cmd;
+mod quantize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Generate an image from a prompt.
     Generate(generate_cmd::Args),
+    /// Quantize a FLUX / SD3 transformer to a GGUF file (q8_0 or q4_0 linear weights).
+    Quantize(quantize_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
     }
