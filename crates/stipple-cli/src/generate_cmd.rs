@@ -27,6 +27,10 @@ pub struct Args {
     /// Model: a diffusers folder or a single-file .safetensors checkpoint.
     #[arg(short = 'm', long)]
     model: PathBuf,
+    /// FLUX / SD3: transformer weights to use instead of the model folder's — a GGUF file
+    /// (q8_0 / q4_0 / f16 ..., diffusers' or FLUX's original layout) or a .safetensors file.
+    #[arg(long)]
+    transformer: Option<PathBuf>,
     /// Sampler steps (default: the model's).
     #[arg(long)]
     steps: Option<usize>,
@@ -73,7 +77,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let device = Device::Cpu;
     let started = Instant::now();
-    let model = stipple_core::loader::load_pipeline(&args.model, &device).map_err(user_error)?;
+    let options = stipple_core::loader::LoadOptions { transformer: args.transformer.clone() };
+    let model = stipple_core::loader::load_pipeline_with(&args.model, &options, &device).map_err(user_error)?;
     let pipe = &model.pipeline;
     let d = pipe.defaults;
     let sampler: SamplerKind = match &args.sampler {

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod conformance_cmd;
 mod generate_cmd;
 mod serve_cmd;
+mod quantize_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Generate an image from a prompt.
     Generate(generate_cmd::Args),
+    /// Quantize a FLUX / SD3 transformer to a GGUF file (q8_0 or q4_0 linear weights).
+    Quantize(quantize_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
     /// Write a diffusers pipeline folder as one single-file .safetensors checkpoint (original key
@@ -45,6 +48,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
+        Command::Quantize(args) => quantize_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
         Command::Convert { input, output } => {

@@ -119,3 +119,45 @@ fn partial_folders_list_what_is_found_and_what_is_missing() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("neither a `unet` nor a `transformer`") && t.contains("text_encoder_3"), "{t}");
 }
+
+#[test]
+fn quantized_transformers_generate_close_to_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = pipelines().join("models/flux_dev_tiny");
+    let reference = reference_pixels("flux_pipeline/flux_dev_tiny_3steps");
+    // Largest 8-bit difference from diffusers' f32 image allowed per quantization (measured: 1 and 9).
+    for (quant, allowed) in [("q8_0", 4), ("q4_0", 24)] {
+        let gguf = dir.path().join(format!("flux_{quant}.gguf"));
+        let out = stipple(&[
+            "quantize", model.join("transformer").to_str().unwrap(), gguf.to_str().unwrap(), "--type", quant,
+        ]);
+        let t = text(&out);
+        assert!(out.status.success() && t.contains(&format!("linear weights in {quant}")), "{t}");
+
+        let png = dir.path().join(format!("{quant}.png"));
+        let out = stipple(&[
+            "generate", "a painting of a squirrel eating a burger", "--model", model.to_str().unwrap(), "--transformer",
+            gguf.to_str().unwrap(), "--seed", "41", "--steps", "3", "--cfg-scale", "4", "-W", "32", "-H", "48", "-o",
+            png.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let pixels = read_png(&png).2;
+        let worst = pixels.iter().zip(&reference).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
+        assert!(worst <= allowed, "{quant}: up to {worst} from diffusers' f32 image (allowed {allowed})");
+
+        // A GGUF given as the model is recognised and pointed to --transformer.
+        let out = stipple(&["generate", "a cat", "--model", gguf.to_str().unwrap()]);
+        let t = text(&out);
+        assert!(!out.status.success() && t.contains("FLUX.1 transformer in GGUF") && t.contains("--transformer"), "{t}");
+    }
+    // An SD3 folder refuses a FLUX transformer file; an SD model refuses --transformer.
+    let gguf = dir.path().join("flux_q8_0.gguf");
+    let out = stipple(&["generate", "a cat", "--model", pipelines().join("models/sd3_tiny").to_str().unwrap(),
+        "--transformer", gguf.to_str().unwrap(), "-W", "32", "-H", "32"]);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("holds a FLUX.1 transformer"), "{t}");
+    let out = stipple(&["generate", "a cat", "--model", vectors().join("models/sd_tiny").to_str().unwrap(),
+        "--transformer", gguf.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(!out.status.success() && t.contains("--transformer"), "{t}");
+}

@@ -14,13 +14,15 @@
 //! T5 prompts are padded to FluxPipeline's 512 and StableDiffusion3Pipeline's 256 tokens; an SD3
 //! folder without `text_encoder_3` gets diffusers' zero T5 features.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::checkpoint::{self, ComponentWeights, PipelineSource};
+use crate::checkpoint::{self, ComponentWeights, GgufArchitecture, GgufFile, GgufWeights, PipelineSource, SafetensorsFile, WeightStore};
 use crate::dit::{FluxConfig, FluxTransformer, Sd3Config, Sd3Transformer};
+use crate::layers::ModelWeights;
 use crate::model::{Denoiser, TextEncoder};
 use crate::pipeline::{ModelDefaults, Pipeline};
 use crate::sampler::SamplerKind;
@@ -193,12 +195,35 @@ fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
     ))
 }
 
+/// Choices about how a model is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Transformer weights to use instead of the folder's (FLUX and SD3): a GGUF file (diffusers'
+    /// layout as `stipple quantize` writes it, or FLUX's original layout; quantized or float) or a
+    /// diffusers-layout `.safetensors` file. The folder still gives the config and the other parts.
+    pub transformer: Option<PathBuf>,
+}
+
 /// Load a diffusers pipeline folder or a single-file checkpoint.
 pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
+    load_pipeline_with(path, &LoadOptions::default(), device)
+}
+
+/// [`load_pipeline`] with options.
+pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
+    if path.is_file() && GgufFile::is_gguf(path) {
+        return Err(refuse_gguf_as_model(path));
+    }
     let source = checkpoint::open_pipeline(path)?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     let family = recognise(&source)?;
     check_complete(&source, family)?;
+    if options.transformer.is_some() && !matches!(family, ModelFamily::Flux | ModelFamily::Sd3) {
+        return Err(Error::param(
+            "transformer",
+            format!("replaces the transformer of FLUX and SD3 models; {} is a {} model", path.display(), family.name()),
+        ));
+    }
     let dtype = DType::F32;
 
     let vae_weights = source.model("vae")?;
@@ -239,7 +264,7 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
         ModelFamily::Flux => {
             let weights = source.model("transformer")?;
             let config = FluxConfig::from_json(&weights.config.to_string(), &config_path(&source, "transformer"))?;
-            let transformer = FluxTransformer::new(config, weights.var_builder(dtype, device))?;
+            let transformer = FluxTransformer::new(config, transformer_weights(&source, options, family, dtype, device)?)?;
             let t5 = T5Prompts::new(t5_tokenizer(&source, "tokenizer_2")?, t5(&source, "text_encoder_2", dtype, device)?, FLUX_T5_TOKENS)?;
             let text_encoder =
                 FluxConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?, t5)?;
@@ -259,7 +284,7 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
         ModelFamily::Sd3 => {
             let weights = source.model("transformer")?;
             let config = Sd3Config::from_json(&weights.config.to_string(), &config_path(&source, "transformer"))?;
-            let transformer = Sd3Transformer::new(config, weights.var_builder(dtype, device))?;
+            let transformer = Sd3Transformer::new(config, transformer_weights(&source, options, family, dtype, device)?)?;
             let text_encoder = sd3_conditioner(&source, source.model("text_encoder_3").is_ok(), device)?;
             let side = transformer.config().sample_size * vae_scale;
             let defaults =
@@ -280,6 +305,70 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
         pipeline_class: source.pipeline_class.clone(),
         family,
     })
+}
+
+/// The transformer's weights: the folder's (linear weights kept in their stored dtype) or the
+/// file of [`LoadOptions::transformer`].
+fn transformer_weights(
+    source: &PipelineSource,
+    options: &LoadOptions,
+    family: ModelFamily,
+    dtype: DType,
+    device: &Device,
+) -> Result<ModelWeights> {
+    let Some(file) = &options.transformer else {
+        return Ok(source.model("transformer")?.model_weights(dtype, device));
+    };
+    if GgufFile::is_gguf(file) {
+        let weights = GgufWeights::open(file)?;
+        let holds = match weights.architecture() {
+            GgufArchitecture::Flux => ModelFamily::Flux,
+            GgufArchitecture::Sd3 => ModelFamily::Sd3,
+        };
+        if holds != family {
+            return Err(Error::invalid_file(
+                file,
+                format!(
+                    "holds a {} transformer, but {} is a {} pipeline",
+                    holds.name(),
+                    source.origin.display(),
+                    family.name()
+                ),
+            ));
+        }
+        return Ok(weights.model_weights(dtype, device));
+    }
+    let store = WeightStore::whole_file(
+        Arc::new(SafetensorsFile::open(file)?),
+        format!("transformer weights in {}", file.display()),
+    )?;
+    Ok(ModelWeights::new(store.var_builder(dtype, device), Arc::new(store)))
+}
+
+/// A GGUF file given as the model: recognised, and pointed to `--transformer`.
+fn refuse_gguf_as_model(path: &Path) -> Error {
+    let what = match GgufWeights::open(path) {
+        Ok(w) => {
+            let types: Vec<String> = w.type_counts().into_iter().map(|(t, n)| format!("{n} {t}")).collect();
+            format!(
+                "a {} transformer in GGUF ({}{})",
+                match w.architecture() {
+                    GgufArchitecture::Flux => "FLUX.1",
+                    GgufArchitecture::Sd3 => "SD3",
+                },
+                types.join(", "),
+                if w.original_layout() { ", original BFL layout" } else { "" }
+            )
+        }
+        Err(e) => return e,
+    };
+    Error::Unsupported(format!(
+        "{} is {what}: a GGUF file holds only the transformer. Give the model's diffusers folder (for its config, \
+         text encoders, VAE and scheduler) as the model and this file as the transformer \
+         (`stipple generate --model FOLDER --transformer {}`)",
+        path.display(),
+        path.display()
+    ))
 }
 
 /// SD3's text conditioning from a pipeline source, with its T5 encoder or (`use_t5` false, as

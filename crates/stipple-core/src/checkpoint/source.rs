@@ -32,6 +32,12 @@ impl ComponentWeights {
     pub fn var_builder(&self, dtype: DType, device: &Device) -> VarBuilder<'static> {
         self.store.var_builder(dtype, device)
     }
+
+    /// The weights for compute in `dtype`, linear-layer weights kept in their stored dtype where
+    /// that is narrower (a bf16 checkpoint stays bf16 in memory).
+    pub fn model_weights(&self, dtype: DType, device: &Device) -> crate::layers::ModelWeights {
+        crate::layers::ModelWeights::new(self.var_builder(dtype, device), std::sync::Arc::new(self.store.clone()))
+    }
 }
 
 /// The class name a config declares (`_class_name` for diffusers, `architectures[0]` for transformers).

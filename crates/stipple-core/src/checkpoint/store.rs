@@ -15,6 +15,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
 use super::safetensors_file::{SafetensorsFile, TensorInfo};
+use crate::layers::{LinearSource, LinearWeight};
 use crate::{Error, Result};
 
 /// How a model tensor is derived from a stored tensor.
@@ -241,6 +242,28 @@ impl WeightStore {
     }
 }
 
+/// Linear weights stored in a narrower float type than the compute dtype (bf16 / f16 checkpoints
+/// run in f32) stay in their stored dtype, widened per product: half the memory of converting
+/// them up front.
+impl LinearSource for WeightStore {
+    fn linear_weight(
+        &self,
+        path: &str,
+        out_dim: usize,
+        in_dim: usize,
+        compute: DType,
+        device: &Device,
+    ) -> Result<Option<LinearWeight>> {
+        let name = format!("{path}.weight");
+        match self.stored_dtype(&name) {
+            Some(stored) if stored.is_float() && stored.size_in_bytes() < compute.size_in_bytes() => {
+                Ok(Some(LinearWeight::Stored(self.load_with_shape(&name, &[out_dim, in_dim], stored, device)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
 fn to_candle(e: Error) -> candle_core::Error {
     match e {
         Error::Tensor(e) => e,
@@ -314,6 +337,31 @@ mod tests {
         let err = vb.get(3, "absent").unwrap_err().to_string();
         assert!(err.contains("`absent`") && err.contains("test weights"), "{err}");
         assert!(vb.contains_tensor("lin") && !vb.contains_tensor("absent"));
+    }
+
+    /// A bf16 checkpoint run in f32 keeps its linear weights in bf16 and computes exactly what the
+    /// f32 model of the rounded weights computes.
+    #[test]
+    fn narrow_linear_weights_stay_narrow_and_compute_in_f32() {
+        use crate::checkpoint::quantize::tests::{denoise, flux, relative_error, transformer_dir};
+        let dev = Device::Cpu;
+        let dir = tempfile::tempdir().unwrap();
+        let source = transformer_dir("flux_dev_tiny");
+        let f32_weights = candle_core::safetensors::load(source.join("diffusion_pytorch_model.safetensors"), &dev).unwrap();
+        let bf16: std::collections::HashMap<String, Tensor> =
+            f32_weights.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::BF16).unwrap())).collect();
+        candle_core::safetensors::save(&bf16, dir.path().join("diffusion_pytorch_model.safetensors")).unwrap();
+        std::fs::copy(source.join("config.json"), dir.path().join("config.json")).unwrap();
+
+        let component = crate::checkpoint::open_component(dir.path()).unwrap();
+        let weights = component.model_weights(DType::F32, &dev);
+        let layer = weights.pp("proj_out").linear(32, 64).unwrap();
+        assert!(matches!(layer.weight(), LinearWeight::Stored(w) if w.dtype() == DType::BF16));
+        let rounded: std::collections::HashMap<String, Tensor> =
+            bf16.iter().map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap())).collect();
+        let reference = denoise(&flux(VarBuilder::from_tensors(rounded, DType::F32, &dev)), 96, 32, 4);
+        let narrow = denoise(&flux(weights), 96, 32, 4);
+        assert_eq!(relative_error(&narrow, &reference), 0.0);
     }
 
     #[test]

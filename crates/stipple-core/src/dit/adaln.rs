@@ -2,7 +2,7 @@
 //! gates of the block) are regressed from the conditioning vector by `linear(silu(temb))`.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 
 use crate::layers::LayerNorm;
 
@@ -47,10 +47,10 @@ pub struct AdaLayerNormZero {
 }
 
 impl AdaLayerNormZero {
-    pub fn load(dim: usize, second_attention: bool, vb: VarBuilder) -> candle_core::Result<AdaLayerNormZero> {
+    pub fn load(dim: usize, second_attention: bool, vb: ModelWeights) -> candle_core::Result<AdaLayerNormZero> {
         let chunks = if second_attention { 9 } else { 6 };
         Ok(AdaLayerNormZero {
-            linear: candle_nn::linear(dim, chunks * dim, vb.pp("linear"))?,
+            linear: linear(dim, chunks * dim, vb.pp("linear"))?,
             norm: LayerNorm::new(EPS),
             second_attention,
         })
@@ -81,9 +81,9 @@ pub struct AdaLayerNormZeroSingle {
 }
 
 impl AdaLayerNormZeroSingle {
-    pub fn load(dim: usize, vb: VarBuilder) -> candle_core::Result<AdaLayerNormZeroSingle> {
+    pub fn load(dim: usize, vb: ModelWeights) -> candle_core::Result<AdaLayerNormZeroSingle> {
         Ok(AdaLayerNormZeroSingle {
-            linear: candle_nn::linear(dim, 3 * dim, vb.pp("linear"))?,
+            linear: linear(dim, 3 * dim, vb.pp("linear"))?,
             norm: LayerNorm::new(EPS),
         })
     }
@@ -103,9 +103,9 @@ pub struct AdaLayerNormContinuous {
 }
 
 impl AdaLayerNormContinuous {
-    pub fn load(dim: usize, conditioning_dim: usize, vb: VarBuilder) -> candle_core::Result<AdaLayerNormContinuous> {
+    pub fn load(dim: usize, conditioning_dim: usize, vb: ModelWeights) -> candle_core::Result<AdaLayerNormContinuous> {
         Ok(AdaLayerNormContinuous {
-            linear: candle_nn::linear(conditioning_dim, 2 * dim, vb.pp("linear"))?,
+            linear: linear(conditioning_dim, 2 * dim, vb.pp("linear"))?,
             norm: LayerNorm::new(EPS),
         })
     }
@@ -123,13 +123,13 @@ mod tests {
     use std::collections::HashMap;
 
     /// A `linear` whose output is its bias alone (zero weight), so the chunks are known.
-    fn vb_with_bias(dim: usize, bias: Vec<f32>) -> VarBuilder<'static> {
+    fn vb_with_bias(dim: usize, bias: Vec<f32>) -> ModelWeights {
         let n = bias.len();
         let w = HashMap::from([
             ("linear.weight".to_string(), Tensor::zeros((n, dim), DType::F32, &Device::Cpu).unwrap()),
             ("linear.bias".to_string(), Tensor::from_vec(bias, n, &Device::Cpu).unwrap()),
         ]);
-        VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)
+        candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu).into()
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! projections and optional RMS query/key norms, one softmax over both).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 
 use super::rope::RotaryEmbedding;
 use crate::layers::{merge_heads, scaled_dot_product_attention, split_heads, RmsNorm};
@@ -50,19 +50,19 @@ impl QkvProjection {
         head_dim: usize,
         qk_norm: bool,
         names: [&str; 5],
-        vb: &VarBuilder,
+        vb: &ModelWeights,
     ) -> candle_core::Result<QkvProjection> {
         let norm = |name: &str| -> candle_core::Result<Option<RmsNorm>> {
             if qk_norm {
-                Ok(Some(RmsNorm::load(head_dim, QK_NORM_EPS, vb.pp(name))?))
+                Ok(Some(RmsNorm::load(head_dim, QK_NORM_EPS, vb.pp(name).vb().clone())?))
             } else {
                 Ok(None)
             }
         };
         Ok(QkvProjection {
-            q: candle_nn::linear(dim, inner, vb.pp(names[0]))?,
-            k: candle_nn::linear(dim, inner, vb.pp(names[1]))?,
-            v: candle_nn::linear(dim, inner, vb.pp(names[2]))?,
+            q: linear(dim, inner, vb.pp(names[0]))?,
+            k: linear(dim, inner, vb.pp(names[1]))?,
+            v: linear(dim, inner, vb.pp(names[2]))?,
             norm_q: norm(names[3])?,
             norm_k: norm(names[4])?,
         })
@@ -98,7 +98,7 @@ impl Attention {
         heads: usize,
         head_dim: usize,
         parts: AttentionParts,
-        vb: VarBuilder,
+        vb: ModelWeights,
     ) -> candle_core::Result<Attention> {
         let inner = heads * head_dim;
         let image = QkvProjection::load(
@@ -115,9 +115,9 @@ impl Attention {
         } else {
             None
         };
-        let to_out = if parts.out { Some(candle_nn::linear(inner, dim, vb.pp("to_out.0"))?) } else { None };
+        let to_out = if parts.out { Some(linear(inner, dim, vb.pp("to_out.0"))?) } else { None };
         let to_add_out = if parts.context && parts.context_out {
-            Some(candle_nn::linear(inner, dim, vb.pp("to_add_out"))?)
+            Some(linear(inner, dim, vb.pp("to_add_out"))?)
         } else {
             None
         };

@@ -4,7 +4,7 @@
 //! (`CombinedTimestepGuidanceTextProjEmbeddings`).
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 
 /// Width of the sinusoidal features FLUX and SD3 feed their timestep MLPs.
 pub const TIMESTEP_FEATURES: usize = 256;
@@ -46,10 +46,10 @@ pub struct MlpEmbedder {
 }
 
 impl MlpEmbedder {
-    pub fn load(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<MlpEmbedder> {
+    pub fn load(in_dim: usize, out_dim: usize, vb: ModelWeights) -> candle_core::Result<MlpEmbedder> {
         Ok(MlpEmbedder {
-            linear_1: candle_nn::linear(in_dim, out_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(out_dim, out_dim, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, out_dim, vb.pp("linear_1"))?,
+            linear_2: linear(out_dim, out_dim, vb.pp("linear_2"))?,
         })
     }
 
@@ -72,7 +72,7 @@ impl TimeTextEmbedding {
         dim: usize,
         pooled_dim: usize,
         with_guidance: bool,
-        vb: VarBuilder,
+        vb: ModelWeights,
     ) -> candle_core::Result<TimeTextEmbedding> {
         let guidance_embedder = if with_guidance {
             Some(MlpEmbedder::load(TIMESTEP_FEATURES, dim, vb.pp("guidance_embedder"))?)

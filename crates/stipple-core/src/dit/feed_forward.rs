@@ -2,7 +2,7 @@
 //! with a 4x wider hidden layer, the MLP of every FLUX double-stream and SD3 joint block.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 
 #[derive(Debug, Clone)]
 pub struct FeedForward {
@@ -11,11 +11,11 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub fn load(dim: usize, vb: VarBuilder) -> candle_core::Result<FeedForward> {
+    pub fn load(dim: usize, vb: ModelWeights) -> candle_core::Result<FeedForward> {
         let hidden = 4 * dim;
         Ok(FeedForward {
-            proj_in: candle_nn::linear(dim, hidden, vb.pp("net.0.proj"))?,
-            proj_out: candle_nn::linear(hidden, dim, vb.pp("net.2"))?,
+            proj_in: linear(dim, hidden, vb.pp("net.0.proj"))?,
+            proj_out: linear(hidden, dim, vb.pp("net.2"))?,
         })
     }
 

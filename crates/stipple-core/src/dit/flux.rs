@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 use serde::Deserialize;
 
 use super::adaln::{gated, modulate, AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle};
@@ -128,7 +128,7 @@ struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    fn load(c: &FluxConfig, vb: VarBuilder) -> candle_core::Result<DoubleStreamBlock> {
+    fn load(c: &FluxConfig, vb: ModelWeights) -> candle_core::Result<DoubleStreamBlock> {
         let dim = c.inner_dim();
         let parts = AttentionParts { qk_norm: true, context: true, context_out: true, out: true };
         Ok(DoubleStreamBlock {
@@ -178,15 +178,15 @@ struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    fn load(c: &FluxConfig, vb: VarBuilder) -> candle_core::Result<SingleStreamBlock> {
+    fn load(c: &FluxConfig, vb: ModelWeights) -> candle_core::Result<SingleStreamBlock> {
         let dim = c.inner_dim();
         let mlp = SINGLE_MLP_RATIO * dim;
         let parts = AttentionParts { qk_norm: true, context: false, context_out: false, out: false };
         Ok(SingleStreamBlock {
             norm: AdaLayerNormZeroSingle::load(dim, vb.pp("norm"))?,
             attn: Attention::load(dim, c.num_attention_heads, c.attention_head_dim, parts, vb.pp("attn"))?,
-            proj_mlp: candle_nn::linear(dim, mlp, vb.pp("proj_mlp"))?,
-            proj_out: candle_nn::linear(dim + mlp, dim, vb.pp("proj_out"))?,
+            proj_mlp: linear(dim, mlp, vb.pp("proj_mlp"))?,
+            proj_out: linear(dim + mlp, dim, vb.pp("proj_out"))?,
         })
     }
 
@@ -242,7 +242,8 @@ impl FluxTransformer {
     }
 
     /// Build from a config and weights under diffusers' key names.
-    pub fn new(config: FluxConfig, vb: VarBuilder) -> Result<FluxTransformer> {
+    pub fn new(config: FluxConfig, weights: impl Into<ModelWeights>) -> Result<FluxTransformer> {
+        let vb = weights.into();
         let c = &config;
         let dim = c.inner_dim();
         let double_blocks = (0..c.num_layers)
@@ -252,8 +253,8 @@ impl FluxTransformer {
             .map(|i| SingleStreamBlock::load(c, vb.pp(format!("single_transformer_blocks.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(FluxTransformer {
-            x_embedder: candle_nn::linear(c.in_channels, dim, vb.pp("x_embedder"))?,
-            context_embedder: candle_nn::linear(c.joint_attention_dim, dim, vb.pp("context_embedder"))?,
+            x_embedder: linear(c.in_channels, dim, vb.pp("x_embedder"))?,
+            context_embedder: linear(c.joint_attention_dim, dim, vb.pp("context_embedder"))?,
             time_text_embed: TimeTextEmbedding::load(
                 dim,
                 c.pooled_projection_dim,
@@ -263,7 +264,7 @@ impl FluxTransformer {
             double_blocks,
             single_blocks,
             norm_out: AdaLayerNormContinuous::load(dim, dim, vb.pp("norm_out"))?,
-            proj_out: candle_nn::linear(dim, c.patch_size * c.patch_size * c.out_channels(), vb.pp("proj_out"))?,
+            proj_out: linear(dim, c.patch_size * c.patch_size * c.out_channels(), vb.pp("proj_out"))?,
             guidance: DEFAULT_FLUX_GUIDANCE,
             config,
         })

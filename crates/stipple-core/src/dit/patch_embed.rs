@@ -3,7 +3,7 @@
 //! `max`x`max` patch grid, centre-cropped to the image's grid.
 
 use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{Linear, LinearWeight, ModelWeights};
 
 use super::patches::patchify;
 use crate::{Error, Result};
@@ -27,11 +27,14 @@ impl PatchEmbed {
         patch: usize,
         max_grid: usize,
         base_size: usize,
-        vb: VarBuilder,
+        vb: ModelWeights,
     ) -> Result<PatchEmbed> {
         let weight = vb.get((dim, in_channels, patch, patch), "proj.weight")?;
         // The convolution's kernel as a matrix over channel-major patches (a view, not a copy).
-        let proj = Linear::new(weight.reshape((dim, in_channels * patch * patch))?, Some(vb.get(dim, "proj.bias")?));
+        let proj = Linear::new(
+            LinearWeight::Dense(weight.reshape((dim, in_channels * patch * patch))?),
+            Some(vb.get(dim, "proj.bias")?),
+        );
         let pos_embed = if vb.contains_tensor("pos_embed") {
             vb.get((1, max_grid * max_grid, dim), "pos_embed")?.reshape((max_grid * max_grid, dim))?
         } else {
@@ -123,7 +126,7 @@ mod tests {
         w.retain(|k, _| k.starts_with("pos_embed."));
         let w: std::collections::HashMap<String, Tensor> =
             w.into_iter().map(|(k, v)| (k.trim_start_matches("pos_embed.").to_string(), v)).collect();
-        let embed = PatchEmbed::load(4, 32, 2, 96, 16, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
+        let embed = PatchEmbed::load(4, 32, 2, 96, 16, candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu).into()).unwrap();
         // A 2x4 grid: rows 47..49, columns 46..50 of the 96x96 table.
         let crop = embed.cropped_table(2, 4).unwrap().to_vec2::<f32>().unwrap();
         let table = embed.pos_embed.to_vec2::<f32>().unwrap();

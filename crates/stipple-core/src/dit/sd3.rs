@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use crate::layers::{linear, Linear, ModelWeights};
 use serde::Deserialize;
 
 use super::adaln::{gated, modulate, AdaLayerNormContinuous, AdaLayerNormZero};
@@ -135,7 +135,7 @@ struct JointBlock {
 }
 
 impl JointBlock {
-    fn load(c: &Sd3Config, index: usize, vb: VarBuilder) -> candle_core::Result<JointBlock> {
+    fn load(c: &Sd3Config, index: usize, vb: ModelWeights) -> candle_core::Result<JointBlock> {
         let dim = c.inner_dim();
         let (heads, head_dim) = (c.num_attention_heads, c.attention_head_dim);
         let qk_norm = c.qk_norm.is_some();
@@ -219,7 +219,8 @@ impl Sd3Transformer {
     }
 
     /// Build from a config and weights under diffusers' key names.
-    pub fn new(config: Sd3Config, vb: VarBuilder) -> Result<Sd3Transformer> {
+    pub fn new(config: Sd3Config, weights: impl Into<ModelWeights>) -> Result<Sd3Transformer> {
+        let vb = weights.into();
         let c = &config;
         let dim = c.inner_dim();
         // Checked by `Sd3Config::from_json`; a hand-built config may still lack it.
@@ -238,14 +239,14 @@ impl Sd3Transformer {
         Ok(Sd3Transformer {
             pos_embed,
             time_text_embed: TimeTextEmbedding::load(dim, c.pooled_projection_dim, false, vb.pp("time_text_embed"))?,
-            context_embedder: candle_nn::linear(
+            context_embedder: linear(
                 c.joint_attention_dim,
                 c.caption_projection_dim,
                 vb.pp("context_embedder"),
             )?,
             blocks,
             norm_out: AdaLayerNormContinuous::load(dim, dim, vb.pp("norm_out"))?,
-            proj_out: candle_nn::linear(dim, c.patch_size * c.patch_size * c.out_channels(), vb.pp("proj_out"))?,
+            proj_out: linear(dim, c.patch_size * c.patch_size * c.out_channels(), vb.pp("proj_out"))?,
             config,
         })
     }
@@ -373,7 +374,7 @@ mod tests {
             "dual_attention_layers": [0, 1], "qk_norm": "rms_norm"}"#;
         let config = Sd3Config::from_json(json, Path::new("config.json")).unwrap();
         let vars = VarMap::new();
-        let model = Sd3Transformer::new(config, VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu)).unwrap();
+        let model = Sd3Transformer::new(config, candle_nn::VarBuilder::from_varmap(&vars, DType::F32, &Device::Cpu)).unwrap();
         let shapes: std::collections::HashMap<String, Vec<usize>> =
             vars.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.dims().to_vec())).collect();
         assert_eq!(shapes["transformer_blocks.0.norm1.linear.weight"], vec![9 * 16, 16]);
