@@ -410,7 +410,7 @@ mod tests {
         let t = Tensor::new(&[500f32], &dev).unwrap();
         let context = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
         let pooled = Tensor::randn(0f32, 1.0, (2, 12), &dev).unwrap();
-        let info = ImageInfo { original_size: (64, 64), crop_top_left: (0, 0), target_size: (64, 64) };
+        let info = ImageInfo { original_size: (64, 64), crop_top_left: (0, 0), target_size: (64, 64), guidance: None };
 
         let without = Conditioning { context: context.clone(), pooled: None };
         assert!(Denoiser::forward(&unet, &x, &t, &without, &info).unwrap_err().to_string().contains("pooled"));
