@@ -119,7 +119,8 @@ pub async fn generation_events(
     let owner = caller.owner();
     jobs::get_owned(&state.db, &id, &owner).await?;
     let rx = state.hub.subscribe(&id);
-    let watch = EventWatch { state, id, rx, last_step: 0, ended: false };
+    let stopping = state.stopping.subscribe();
+    let watch = EventWatch { state, id, rx, stopping, last_step: 0, ended: false };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
         let ev = w.next().await?;
         Some((Ok(ev), w))
@@ -131,13 +132,15 @@ struct EventWatch {
     state: Arc<AppState>,
     id: String,
     rx: tokio::sync::broadcast::Receiver<JobEvent>,
+    /// The process is stopping: end the stream (the browser reconnects to the next one).
+    stopping: tokio::sync::watch::Receiver<bool>,
     last_step: i64,
     ended: bool,
 }
 
 impl EventWatch {
     async fn next(&mut self) -> Option<Event> {
-        if self.ended {
+        if self.ended || *self.stopping.borrow() {
             return None;
         }
         loop {
@@ -173,6 +176,7 @@ impl EventWatch {
                     Err(RecvError::Lagged(_)) => {}
                 },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.stopping.changed() => return None,
             }
         }
     }

@@ -126,6 +126,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): 
 /// Wait until a job ends (events from this process's workers, else polling the store).
 async fn wait_terminal(state: &AppState, id: &str, deadline: Instant) -> ApiResult<Job> {
     let mut rx = state.hub.subscribe(id);
+    let mut stopping = state.stopping.subscribe();
     loop {
         let job = jobs::get(&state.db, id).await?.ok_or_else(|| ApiError::internal("waiting for a result", "job vanished"))?;
         if job.status.is_terminal() {
@@ -137,6 +138,7 @@ async fn wait_terminal(state: &AppState, id: &str, deadline: Instant) -> ApiResu
         tokio::select! {
             r = rx.recv() => if r.is_err() { rx = state.hub.subscribe(id); },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopping.changed() => return Err(ApiError::unavailable("the server is restarting; try again shortly")),
         }
     }
 }

@@ -501,3 +501,29 @@ async fn a_separate_worker_process_runs_the_queue_of_an_api_only_server() {
     workers.shutdown().await;
     ts.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_event_streams_and_puts_running_jobs_back_in_the_queue() {
+    let ts = TestServer::start(|_| {}).await;
+    let c = ts.client().await;
+    let g = c.generate(json!({"prompt": "interrupted", "steps": 100})).await;
+    let id = g["id"].as_str().unwrap().to_string();
+    c.wait_running(&id, 30).await;
+    // A watcher that stays connected must not keep the server from stopping.
+    let mut stream = c.http.get(format!("{}/api/generations/{id}/events", ts.base)).header("cookie", c.cookie_header()).send().await.unwrap();
+    let _ = stream.chunk().await;
+    let TestServer { server, dir, .. } = ts;
+    let data = dir.path().to_path_buf();
+    let database_url = server.state.config.database_url.clone();
+    tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.expect("stops within 15 s");
+
+    let mut cfg = common::config(&data);
+    cfg.workers = 0;
+    cfg.database_url = database_url;
+    let again = stipple_server::Server::start(cfg).await.unwrap();
+    let c = c.with_base(&format!("http://{}", again.addr));
+    let g = c.get(&format!("/api/generations/{id}")).await.json();
+    assert_eq!(g["status"], "queued", "{g}");
+    assert_eq!(g["progress"]["step"], 0);
+    again.shutdown().await;
+}
