@@ -138,6 +138,13 @@ struct EventWatch {
     ended: bool,
 }
 
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        // Our own receiver is still alive here.
+        self.state.hub.release(&self.id, 1);
+    }
+}
+
 impl EventWatch {
     async fn next(&mut self) -> Option<Event> {
         if self.ended || *self.stopping.borrow() {

@@ -125,6 +125,12 @@ pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): 
 
 /// Wait until a job ends (events from this process's workers, else polling the store).
 async fn wait_terminal(state: &AppState, id: &str, deadline: Instant) -> ApiResult<Job> {
+    let result = wait_terminal_inner(state, id, deadline).await;
+    state.hub.release(id, 0);
+    result
+}
+
+async fn wait_terminal_inner(state: &AppState, id: &str, deadline: Instant) -> ApiResult<Job> {
     let mut rx = state.hub.subscribe(id);
     let mut stopping = state.stopping.subscribe();
     loop {
