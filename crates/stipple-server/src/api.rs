@@ -237,7 +237,7 @@ pub async fn me(State(state): St, Extension(caller): Extension<Caller>) -> ApiRe
 
 // ---------------------------------------------------------------- accounts
 
-pub async fn signup(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Response> {
+pub async fn signup(State(state): St, Extension(caller): Extension<Caller>, JsonBody(body): JsonBody) -> ApiResult<Response> {
     let (email, password) = auth::check_credentials(&parse_json::<Credentials>(&body)?)?;
     let hash = auth::hash_password(password).await?;
     let id = format!("u_{}", random_token(12));
@@ -254,10 +254,10 @@ pub async fn signup(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Res
     if inserted == 0 {
         return Err(ApiError::conflict("an account with this email exists; log in instead").with_param("email"));
     }
-    session_response(&state, StatusCode::CREATED, &id, &email).await
+    session_response(&state, &caller, StatusCode::CREATED, &id, &email).await
 }
 
-pub async fn login(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Response> {
+pub async fn login(State(state): St, Extension(caller): Extension<Caller>, JsonBody(body): JsonBody) -> ApiResult<Response> {
     let creds: Credentials = parse_json(&body)?;
     let email = creds.email.as_deref().map(|e| e.trim().to_lowercase()).unwrap_or_default();
     let row: Option<(String, String)> = sqlx::query_as("SELECT id, password_hash FROM accounts WHERE email = $1")
@@ -270,17 +270,37 @@ pub async fn login(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Resp
     };
     let ok = auth::verify_password(creds.password.unwrap_or_default(), stored).await?;
     match (ok, id) {
-        (true, Some(id)) => session_response(&state, StatusCode::OK, &id, &email).await,
+        (true, Some(id)) => session_response(&state, &caller, StatusCode::OK, &id, &email).await,
         _ => Err(ApiError::unauthorized("wrong email or password").with_param("password")),
     }
 }
 
-async fn session_response(state: &AppState, status: StatusCode, account_id: &str, email: &str) -> ApiResult<Response> {
+async fn session_response(state: &AppState, caller: &Caller, status: StatusCode, account_id: &str, email: &str) -> ApiResult<Response> {
     let token = auth::create_session(state, account_id).await?;
+    if caller.account.is_none() {
+        adopt_anonymous_results(state, &caller.owner(), &format!("acct:{account_id}")).await?;
+    }
     let csrf = state.signer.sign("csrf", &token);
     let mut resp = (status, Json(json!({"account": {"id": account_id, "email": email}, "csrf_token": csrf}))).into_response();
     resp.headers_mut().append(SET_COOKIE, auth::session_cookie(state, &token));
     Ok(resp)
+}
+
+/// What a visitor made before signing in becomes the account's (their history, Save on the
+/// result still on screen). Their tokens stay charged to the anonymous allowance that paid.
+async fn adopt_anonymous_results(state: &AppState, anon: &str, account: &str) -> sqlx::Result<()> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query("UPDATE images SET owner = $2 WHERE owner = $1").bind(anon).bind(account).execute(&mut *tx).await?;
+    // Jobs keep their idempotency keys unless the account already used the same key.
+    sqlx::query(
+        "UPDATE jobs SET owner = $2 WHERE owner = $1 AND (idempotency_key IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM jobs j2 WHERE j2.owner = $2 AND j2.idempotency_key = jobs.idempotency_key))",
+    )
+    .bind(anon)
+    .bind(account)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 pub async fn logout(State(state): St, headers: HeaderMap) -> ApiResult<Response> {

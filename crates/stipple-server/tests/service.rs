@@ -265,7 +265,13 @@ async fn accounts_only_see_their_own_images() {
     let ts = TestServer::start(|_| {}).await;
     let alice = ts.client().await;
     let bob = ts.client().await;
+    // What Alice made before signing up becomes hers.
+    let before = alice.generate(json!({"prompt": "before signing up", "steps": 2})).await;
+    let before = alice.wait(before["id"].as_str().unwrap(), 60).await;
     alice.signup("alice@example.org").await;
+    let adopted = before["image_id"].as_str().unwrap();
+    assert_eq!(alice.post(&format!("/api/images/{adopted}/save"), &json!({})).await.status, StatusCode::OK);
+    assert_eq!(alice.delete(&format!("/api/images/{adopted}")).await.status, StatusCode::NO_CONTENT);
     bob.signup("bob@example.org").await;
     assert_eq!(alice.me().await["account"]["email"], "alice@example.org");
     assert_eq!(alice.me().await["tokens"]["daily_limit"], 5000);
@@ -296,12 +302,18 @@ async fn accounts_only_see_their_own_images() {
     // Alice pages through her history, newest first.
     let p1 = alice.get("/api/history?limit=2").await.json();
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
-    assert_eq!(p1["items"][0]["id"], images[2].as_str());
     let cursor = p1["next_cursor"].as_str().unwrap();
     let p2 = alice.get(&format!("/api/history?limit=2&cursor={cursor}")).await.json();
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
-    assert_eq!(p2["items"][0]["id"], images[0].as_str());
     assert!(p2["next_cursor"].is_null());
+    let listed: Vec<Value> = p1["items"].as_array().unwrap().iter().chain(p2["items"].as_array().unwrap()).cloned().collect();
+    let mut listed_ids: Vec<&str> = listed.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let created: Vec<&str> = listed.iter().map(|i| i["created_at"].as_str().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first: {created:?}");
+    listed_ids.sort();
+    let mut expected: Vec<&str> = images.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed_ids, expected, "each image once across pages");
 
     // Save keeps an image past retention; delete removes it.
     let saved = alice.post(&format!("/api/images/{img}/save"), &json!({})).await.json();
