@@ -241,19 +241,29 @@ pub async fn signup(State(state): St, Extension(caller): Extension<Caller>, Json
     let (email, password) = auth::check_credentials(&parse_json::<Credentials>(&body)?)?;
     let hash = auth::hash_password(password).await?;
     let id = format!("u_{}", random_token(12));
+    let now = now_ms();
+    let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO accounts (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING",
     )
     .bind(&id)
     .bind(&email)
     .bind(&hash)
-    .bind(now_ms())
-    .execute(&state.db)
+    .bind(now)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if inserted == 0 {
         return Err(ApiError::conflict("an account with this email exists; log in instead").with_param("email"));
     }
+    // Each account brings its own daily allowance: bound how many one address can make.
+    if auth::count_signup(&mut tx, caller.addr, now).await? > state.config.max_signups_per_address_per_day {
+        drop(tx); // the account is not created
+        let wait = (crate::clock::utc_day(now) + 1) * crate::clock::DAY_MS - now;
+        return Err(ApiError { code: Some("too_many_signups"), ..ApiError::rate_limited((wait / 1000).max(1) as u64) }
+            .with_message("too many accounts were made from this address today; log in, or try again tomorrow"));
+    }
+    tx.commit().await?;
     session_response(&state, &caller, StatusCode::CREATED, &id, &email).await
 }
 

@@ -337,6 +337,12 @@ async fn accounts_only_see_their_own_images() {
     assert_eq!(alice.get("/api/history").await.json()["items"].as_array().unwrap().len(), 2);
     let r = bob.post("/api/auth/signup", &json!({"email": "alice@example.org", "password": "another password"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    // Three sign-ups from one address a day (two made above, one refused as a duplicate).
+    let carol = ts.client().await;
+    carol.signup("carol@example.org").await;
+    let r = ts.client().await.post("/api/auth/signup", &json!({"email": "dave@example.org", "password": "correct horse battery"})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_signups");
 
     // State-changing requests without the CSRF token are refused.
     alice.set_csrf("forged");
