@@ -11,7 +11,8 @@ if [ $# -gt 0 ] || [ "${STIPPLE_SKIP_E2E:-0}" = 1 ]; then
 fi
 
 target="${CARGO_TARGET_DIR:-target}"
-cargo build --release -p stipple-cli
+# The same targets and features as the test build, so this only makes sure the binary is there.
+cargo build --release --workspace --all-targets
 # A private copy: other builds sharing the target folder may replace the binary meanwhile.
 mkdir -p target/e2e
 cp "$target/release/stipple" target/e2e/stipple

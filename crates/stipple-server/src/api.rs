@@ -119,7 +119,8 @@ pub async fn generation_events(
     let owner = caller.owner();
     jobs::get_owned(&state.db, &id, &owner).await?;
     let rx = state.hub.subscribe(&id);
-    let watch = EventWatch { state, id, rx, last_step: 0, ended: false };
+    let stopping = state.stopping.subscribe();
+    let watch = EventWatch { state, id, rx, stopping, last_step: 0, ended: false };
     let stream = futures_util::stream::unfold(watch, |mut w| async move {
         let ev = w.next().await?;
         Some((Ok(ev), w))
@@ -131,13 +132,22 @@ struct EventWatch {
     state: Arc<AppState>,
     id: String,
     rx: tokio::sync::broadcast::Receiver<JobEvent>,
+    /// The process is stopping: end the stream (the browser reconnects to the next one).
+    stopping: tokio::sync::watch::Receiver<bool>,
     last_step: i64,
     ended: bool,
 }
 
+impl Drop for EventWatch {
+    fn drop(&mut self) {
+        // Our own receiver is still alive here.
+        self.state.hub.release(&self.id, 1);
+    }
+}
+
 impl EventWatch {
     async fn next(&mut self) -> Option<Event> {
-        if self.ended {
+        if self.ended || *self.stopping.borrow() {
             return None;
         }
         loop {
@@ -173,6 +183,7 @@ impl EventWatch {
                     Err(RecvError::Lagged(_)) => {}
                 },
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.stopping.changed() => return None,
             }
         }
     }
@@ -226,27 +237,37 @@ pub async fn me(State(state): St, Extension(caller): Extension<Caller>) -> ApiRe
 
 // ---------------------------------------------------------------- accounts
 
-pub async fn signup(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Response> {
+pub async fn signup(State(state): St, Extension(caller): Extension<Caller>, JsonBody(body): JsonBody) -> ApiResult<Response> {
     let (email, password) = auth::check_credentials(&parse_json::<Credentials>(&body)?)?;
     let hash = auth::hash_password(password).await?;
     let id = format!("u_{}", random_token(12));
+    let now = now_ms();
+    let mut tx = state.db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO accounts (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (email) DO NOTHING",
     )
     .bind(&id)
     .bind(&email)
     .bind(&hash)
-    .bind(now_ms())
-    .execute(&state.db)
+    .bind(now)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if inserted == 0 {
         return Err(ApiError::conflict("an account with this email exists; log in instead").with_param("email"));
     }
-    session_response(&state, StatusCode::CREATED, &id, &email).await
+    // Each account brings its own daily allowance: bound how many one address can make.
+    if auth::count_signup(&mut tx, caller.addr, now).await? > state.config.max_signups_per_address_per_day {
+        drop(tx); // the account is not created
+        let wait = (crate::clock::utc_day(now) + 1) * crate::clock::DAY_MS - now;
+        return Err(ApiError { code: Some("too_many_signups"), ..ApiError::rate_limited((wait / 1000).max(1) as u64) }
+            .with_message("too many accounts were made from this address today; log in, or try again tomorrow"));
+    }
+    tx.commit().await?;
+    session_response(&state, &caller, StatusCode::CREATED, &id, &email).await
 }
 
-pub async fn login(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Response> {
+pub async fn login(State(state): St, Extension(caller): Extension<Caller>, JsonBody(body): JsonBody) -> ApiResult<Response> {
     let creds: Credentials = parse_json(&body)?;
     let email = creds.email.as_deref().map(|e| e.trim().to_lowercase()).unwrap_or_default();
     let row: Option<(String, String)> = sqlx::query_as("SELECT id, password_hash FROM accounts WHERE email = $1")
@@ -259,17 +280,37 @@ pub async fn login(State(state): St, JsonBody(body): JsonBody) -> ApiResult<Resp
     };
     let ok = auth::verify_password(creds.password.unwrap_or_default(), stored).await?;
     match (ok, id) {
-        (true, Some(id)) => session_response(&state, StatusCode::OK, &id, &email).await,
+        (true, Some(id)) => session_response(&state, &caller, StatusCode::OK, &id, &email).await,
         _ => Err(ApiError::unauthorized("wrong email or password").with_param("password")),
     }
 }
 
-async fn session_response(state: &AppState, status: StatusCode, account_id: &str, email: &str) -> ApiResult<Response> {
+async fn session_response(state: &AppState, caller: &Caller, status: StatusCode, account_id: &str, email: &str) -> ApiResult<Response> {
     let token = auth::create_session(state, account_id).await?;
+    if caller.account.is_none() {
+        adopt_anonymous_results(state, &caller.owner(), &format!("acct:{account_id}")).await?;
+    }
     let csrf = state.signer.sign("csrf", &token);
     let mut resp = (status, Json(json!({"account": {"id": account_id, "email": email}, "csrf_token": csrf}))).into_response();
     resp.headers_mut().append(SET_COOKIE, auth::session_cookie(state, &token));
     Ok(resp)
+}
+
+/// What a visitor made before signing in becomes the account's (their history, Save on the
+/// result still on screen). Their tokens stay charged to the anonymous allowance that paid.
+async fn adopt_anonymous_results(state: &AppState, anon: &str, account: &str) -> sqlx::Result<()> {
+    let mut tx = state.db.begin().await?;
+    sqlx::query("UPDATE images SET owner = $2 WHERE owner = $1").bind(anon).bind(account).execute(&mut *tx).await?;
+    // Jobs keep their idempotency keys unless the account already used the same key.
+    sqlx::query(
+        "UPDATE jobs SET owner = $2 WHERE owner = $1 AND (idempotency_key IS NULL OR NOT EXISTS \
+         (SELECT 1 FROM jobs j2 WHERE j2.owner = $2 AND j2.idempotency_key = jobs.idempotency_key))",
+    )
+    .bind(anon)
+    .bind(account)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 pub async fn logout(State(state): St, headers: HeaderMap) -> ApiResult<Response> {

@@ -39,6 +39,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     /// Wakes a waiting worker when a job is queued.
     pub queue_signal: Notify,
+    /// Turns true when the process stops: workers, event streams and waiting requests end.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -70,7 +72,14 @@ impl AppState {
             signer: Signer::new(key),
             limiter,
             queue_signal: Notify::new(),
+            stopping: watch::channel(false).0,
         }))
+    }
+
+    /// Stop workers (their running jobs go back to the queue) and end event streams.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+        self.hub.cancel_all();
     }
 
     pub fn lease_ms(&self) -> i64 {
@@ -146,9 +155,11 @@ async fn not_found() -> Response {
 pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
+
+/// Longest a graceful stop waits for open connections.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Server {
     /// Open everything and start serving on `config.addr` (port 0 picks a free port).
@@ -159,7 +170,7 @@ impl Server {
             .await
             .map_err(|source| StartError::Io { context: format!("listening on {addr} (set --addr or STIPPLE_ADDR)"), source })?;
         let local = listener.local_addr().map_err(|source| StartError::Io { context: "reading the bound address".into(), source })?;
-        let (shutdown, rx) = watch::channel(false);
+        let rx = state.stopping.subscribe();
         let mut tasks = background(&state, &rx, state.config.workers);
         let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let mut stop = rx.clone();
@@ -172,15 +183,16 @@ impl Server {
             }
         }));
         tracing::info!("serving on http://{local}");
-        Ok(Server { addr: local, state, shutdown, tasks })
+        Ok(Server { addr: local, state, tasks })
     }
 
     /// Stop accepting, stop the workers (their running jobs go back to the queue), wait.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        self.state.hub.cancel_all();
-        for t in self.tasks {
-            let _ = t.await;
+        self.state.stop();
+        for mut t in self.tasks {
+            if tokio::time::timeout(DRAIN, &mut t).await.is_err() {
+                t.abort();
+            }
         }
     }
 
@@ -196,7 +208,6 @@ impl Server {
 /// out by running several against one database (and one image store).
 pub struct Workers {
     pub state: Arc<AppState>,
-    shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -204,15 +215,13 @@ impl Workers {
     pub async fn start(config: Config) -> Result<Workers, StartError> {
         let workers = config.workers.max(1);
         let state = AppState::open(config).await?;
-        let (shutdown, rx) = watch::channel(false);
-        let tasks = background(&state, &rx, workers);
-        Ok(Workers { state, shutdown, tasks })
+        let tasks = background(&state, &state.stopping.subscribe(), workers);
+        Ok(Workers { state, tasks })
     }
 
     /// Stop; running jobs go back to the queue.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        self.state.hub.cancel_all();
+        self.state.stop();
         for t in self.tasks {
             let _ = t.await;
         }

@@ -201,6 +201,25 @@ pub fn check_credentials(c: &Credentials) -> ApiResult<(String, String)> {
     Ok((email, password))
 }
 
+/// Count a sign-up from `addr` in the caller's transaction; returns today's count with it.
+pub async fn count_signup(tx: &mut crate::db::Tx<'_>, addr: IpAddr, now: i64) -> sqlx::Result<i64> {
+    let key = format!("signup:{addr}");
+    let day = crate::clock::utc_day(now);
+    sqlx::query("INSERT INTO address_counters (counter_key, day, count) VALUES ($1, $2, 0) ON CONFLICT (counter_key) DO NOTHING")
+        .bind(&key)
+        .bind(day)
+        .execute(&mut **tx)
+        .await?;
+    let (count,): (i64,) = sqlx::query_as(
+        "UPDATE address_counters SET count = CASE WHEN day = $2 THEN count + 1 ELSE 1 END, day = $2 WHERE counter_key = $1 RETURNING count",
+    )
+    .bind(&key)
+    .bind(day)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(count)
+}
+
 pub async fn hash_password(password: String) -> ApiResult<String> {
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);

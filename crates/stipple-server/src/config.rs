@@ -54,6 +54,8 @@ pub struct Config {
     pub webhook_secret: Option<String>,
     /// Oldest webhook signature timestamp accepted, in seconds.
     pub webhook_tolerance_secs: u64,
+    /// Accounts one client address may create per UTC day (each gets its own allowance).
+    pub max_signups_per_address_per_day: i64,
     /// Per-address request rate limit on the API: sustained requests per minute, and burst.
     pub rate_limit_per_minute: u32,
     pub rate_limit_burst: u32,
@@ -131,6 +133,7 @@ impl Default for Config {
             checkout_url: None,
             webhook_secret: None,
             webhook_tolerance_secs: 300,
+            max_signups_per_address_per_day: 3,
             rate_limit_per_minute: 120,
             rate_limit_burst: 60,
             max_side: 1024,
@@ -214,6 +217,7 @@ impl Config {
             ("retention_secs", self.retention_secs as i64),
             ("purge_interval_secs", self.purge_interval_secs as i64),
             ("tokens_per_pack", self.tokens_per_pack),
+            ("max_signups_per_address_per_day", self.max_signups_per_address_per_day),
             ("rate_limit_per_minute", self.rate_limit_per_minute as i64),
             ("rate_limit_burst", self.rate_limit_burst as i64),
             ("max_side", self.max_side as i64),

@@ -14,7 +14,10 @@ pub type Db = AnyPool;
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 /// The schema's migrations, embedded in the binary (version, description, SQL). Append only.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "address counters", include_str!("../migrations/0002_address_counters.sql")),
+];
 
 fn migrator() -> Migrator {
     let migrations = MIGRATIONS

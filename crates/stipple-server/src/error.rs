@@ -83,6 +83,10 @@ impl ApiError {
         tracing::error!("{context}: {e}");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("internal error while {context}"))
     }
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
     pub fn with_param(mut self, param: &str) -> Self {
         self.param = Some(param.to_string());
         self

@@ -29,6 +29,20 @@ impl EventHub {
         ch.entry(job_id.to_string()).or_insert_with(|| broadcast::channel(64).0).subscribe()
     }
 
+    /// Forget a job's channel when no one but `still_held` receivers listen (a watcher that
+    /// leaves calls this, so channels of jobs that already ended do not pile up).
+    pub fn release(&self, job_id: &str, still_held: usize) {
+        let mut ch = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if ch.get(job_id).is_some_and(|tx| tx.receiver_count() <= still_held) {
+            ch.remove(job_id);
+        }
+    }
+
+    #[cfg(test)]
+    fn channel_count(&self) -> usize {
+        self.channels.lock().unwrap().len()
+    }
+
     pub fn publish(&self, job_id: &str, event: JobEvent) {
         let mut ch = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = ch.get(job_id) {
@@ -64,5 +78,28 @@ impl EventHub {
         for flag in self.running.lock().unwrap_or_else(|e| e.into_inner()).values() {
             flag.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_go_when_their_last_watcher_leaves() {
+        let hub = EventHub::default();
+        let a = hub.subscribe("j");
+        let b = hub.subscribe("j");
+        hub.release("j", 1);
+        assert_eq!(hub.channel_count(), 1, "b watches besides a");
+        drop(a);
+        hub.release("j", 0);
+        assert_eq!(hub.channel_count(), 1, "b still watches");
+        drop(b);
+        hub.release("j", 0);
+        assert_eq!(hub.channel_count(), 0);
+        let _c = hub.subscribe("k");
+        hub.finish("k");
+        assert_eq!(hub.channel_count(), 0);
     }
 }

@@ -125,7 +125,14 @@ pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): 
 
 /// Wait until a job ends (events from this process's workers, else polling the store).
 async fn wait_terminal(state: &AppState, id: &str, deadline: Instant) -> ApiResult<Job> {
+    let result = wait_terminal_inner(state, id, deadline).await;
+    state.hub.release(id, 0);
+    result
+}
+
+async fn wait_terminal_inner(state: &AppState, id: &str, deadline: Instant) -> ApiResult<Job> {
     let mut rx = state.hub.subscribe(id);
+    let mut stopping = state.stopping.subscribe();
     loop {
         let job = jobs::get(&state.db, id).await?.ok_or_else(|| ApiError::internal("waiting for a result", "job vanished"))?;
         if job.status.is_terminal() {
@@ -137,6 +144,7 @@ async fn wait_terminal(state: &AppState, id: &str, deadline: Instant) -> ApiResu
         tokio::select! {
             r = rx.recv() => if r.is_err() { rx = state.hub.subscribe(id); },
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stopping.changed() => return Err(ApiError::unavailable("the server is restarting; try again shortly")),
         }
     }
 }

@@ -37,6 +37,7 @@ pub async fn purge(state: &AppState, now: i64) -> sqlx::Result<usize> {
         .bind(utc_day(now))
         .execute(&state.db)
         .await?;
+    sqlx::query("DELETE FROM address_counters WHERE day < $1").bind(utc_day(now)).execute(&state.db).await?;
     Ok(deleted)
 }
 

@@ -265,7 +265,13 @@ async fn accounts_only_see_their_own_images() {
     let ts = TestServer::start(|_| {}).await;
     let alice = ts.client().await;
     let bob = ts.client().await;
+    // What Alice made before signing up becomes hers.
+    let before = alice.generate(json!({"prompt": "before signing up", "steps": 2})).await;
+    let before = alice.wait(before["id"].as_str().unwrap(), 60).await;
     alice.signup("alice@example.org").await;
+    let adopted = before["image_id"].as_str().unwrap();
+    assert_eq!(alice.post(&format!("/api/images/{adopted}/save"), &json!({})).await.status, StatusCode::OK);
+    assert_eq!(alice.delete(&format!("/api/images/{adopted}")).await.status, StatusCode::NO_CONTENT);
     bob.signup("bob@example.org").await;
     assert_eq!(alice.me().await["account"]["email"], "alice@example.org");
     assert_eq!(alice.me().await["tokens"]["daily_limit"], 5000);
@@ -296,12 +302,18 @@ async fn accounts_only_see_their_own_images() {
     // Alice pages through her history, newest first.
     let p1 = alice.get("/api/history?limit=2").await.json();
     assert_eq!(p1["items"].as_array().unwrap().len(), 2);
-    assert_eq!(p1["items"][0]["id"], images[2].as_str());
     let cursor = p1["next_cursor"].as_str().unwrap();
     let p2 = alice.get(&format!("/api/history?limit=2&cursor={cursor}")).await.json();
     assert_eq!(p2["items"].as_array().unwrap().len(), 1);
-    assert_eq!(p2["items"][0]["id"], images[0].as_str());
     assert!(p2["next_cursor"].is_null());
+    let listed: Vec<Value> = p1["items"].as_array().unwrap().iter().chain(p2["items"].as_array().unwrap()).cloned().collect();
+    let mut listed_ids: Vec<&str> = listed.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let created: Vec<&str> = listed.iter().map(|i| i["created_at"].as_str().unwrap()).collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "newest first: {created:?}");
+    listed_ids.sort();
+    let mut expected: Vec<&str> = images.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed_ids, expected, "each image once across pages");
 
     // Save keeps an image past retention; delete removes it.
     let saved = alice.post(&format!("/api/images/{img}/save"), &json!({})).await.json();
@@ -325,6 +337,12 @@ async fn accounts_only_see_their_own_images() {
     assert_eq!(alice.get("/api/history").await.json()["items"].as_array().unwrap().len(), 2);
     let r = bob.post("/api/auth/signup", &json!({"email": "alice@example.org", "password": "another password"})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    // Three sign-ups from one address a day (two made above, one refused as a duplicate).
+    let carol = ts.client().await;
+    carol.signup("carol@example.org").await;
+    let r = ts.client().await.post("/api/auth/signup", &json!({"email": "dave@example.org", "password": "correct horse battery"})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_signups");
 
     // State-changing requests without the CSRF token are refused.
     alice.set_csrf("forged");
@@ -500,4 +518,30 @@ async fn a_separate_worker_process_runs_the_queue_of_an_api_only_server() {
     assert_eq!(c.get(g["image_url"].as_str().unwrap()).await.status, StatusCode::OK);
     workers.shutdown().await;
     ts.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_event_streams_and_puts_running_jobs_back_in_the_queue() {
+    let ts = TestServer::start(|_| {}).await;
+    let c = ts.client().await;
+    let g = c.generate(json!({"prompt": "interrupted", "steps": 100})).await;
+    let id = g["id"].as_str().unwrap().to_string();
+    c.wait_running(&id, 30).await;
+    // A watcher that stays connected must not keep the server from stopping.
+    let mut stream = c.http.get(format!("{}/api/generations/{id}/events", ts.base)).header("cookie", c.cookie_header()).send().await.unwrap();
+    let _ = stream.chunk().await;
+    let TestServer { server, dir, .. } = ts;
+    let data = dir.path().to_path_buf();
+    let database_url = server.state.config.database_url.clone();
+    tokio::time::timeout(Duration::from_secs(15), server.shutdown()).await.expect("stops within 15 s");
+
+    let mut cfg = common::config(&data);
+    cfg.workers = 0;
+    cfg.database_url = database_url;
+    let again = stipple_server::Server::start(cfg).await.unwrap();
+    let c = c.with_base(&format!("http://{}", again.addr));
+    let g = c.get(&format!("/api/generations/{id}")).await.json();
+    assert_eq!(g["status"], "queued", "{g}");
+    assert_eq!(g["progress"]["step"], 0);
+    again.shutdown().await;
 }

@@ -115,6 +115,10 @@ impl Client {
         *self.csrf.lock().unwrap() = Some(token.to_string());
     }
 
+    pub fn cookie_header(&self) -> String {
+        self.cookies.lock().unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
+    }
+
     pub fn forget_cookies(&self) {
         self.cookies.lock().unwrap().clear();
     }
