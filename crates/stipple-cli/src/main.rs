@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod conformance_cmd;
 mod generate_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +20,8 @@ enum Command {
     Generate(generate_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
+    /// Train the default model from a config file (models/stipple-default/train.json).
+    Train(train_cmd::Args),
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
     }
 }

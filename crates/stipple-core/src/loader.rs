@@ -17,6 +17,8 @@ use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::{Error, Result};
 
+pub use crate::default_model::STIPPLE_PIPELINE;
+
 /// A loaded model and the name to show for it.
 pub struct LoadedModel {
     pub pipeline: Pipeline,
@@ -32,6 +34,9 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
     let dtype = DType::F32;
     let class = source.pipeline_class.clone();
+    if class == STIPPLE_PIPELINE {
+        return crate::default_model::load(&source, name, device);
+    }
     let text_encoder: Box<dyn crate::model::TextEncoder> = match class.as_str() {
         "StableDiffusionPipeline" | "StableDiffusionImg2ImgPipeline" | "StableDiffusionInpaintPipeline" => {
             Box::new(ClipConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?)?)
@@ -87,7 +92,7 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// The sampler matching the scheduler a model ships with, so defaults reproduce diffusers'
 /// pipeline; DPM++ 2M for schedulers Stipple does not implement (PNDM, ...).
-fn default_sampler(class_name: &str, config: &SchedulerConfig) -> SamplerKind {
+pub(crate) fn default_sampler(class_name: &str, config: &SchedulerConfig) -> SamplerKind {
     match class_name {
         "DDPMScheduler" => SamplerKind::Ddpm,
         "DDIMScheduler" => SamplerKind::Ddim,

@@ -1,11 +1,12 @@
 //! The training data: item `i` of the stream `seed` is a scene, its rendering and a caption,
 //! the same on every run and computable alone.
 
+use candle_core::{Device, Tensor};
 use stipple_core::image_io::RgbImage;
 
 use crate::caption::{caption, CaptionStyle};
 use crate::rng::SplitMix64;
-use crate::scene::Scene;
+use crate::scene::{Scene, IMAGE_SIZE};
 
 #[derive(Debug, Clone)]
 pub struct Sample {
@@ -20,6 +21,27 @@ pub fn sample(seed: u64, index: u64, style: CaptionStyle) -> Sample {
     let scene = Scene::random(&mut rng);
     let caption = caption(&scene, style, &mut rng);
     Sample { image: scene.render(), scene, caption }
+}
+
+/// Items `start..start + n` of the stream `seed`: images `[n, 3, 128, 128]` in [-1, 1] and
+/// their captions.
+pub fn batch(seed: u64, start: u64, n: usize, style: CaptionStyle) -> stipple_core::Result<(Tensor, Vec<String>)> {
+    let mut pixels = Vec::with_capacity(n * 3 * IMAGE_SIZE * IMAGE_SIZE);
+    let mut captions = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let s = sample(seed, start + i, style);
+        pixels.extend(to_signed_chw(&s.image));
+        captions.push(s.caption);
+    }
+    Ok((Tensor::from_vec(pixels, (n, 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?, captions))
+}
+
+/// The seed of the named stream of a run (data, noise, initial weights ... of each stage), so
+/// streams never share random numbers.
+pub fn stream_seed(seed: u64, name: &str) -> u64 {
+    // FNV-1a over the name, mixed with the run's seed.
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3));
+    SplitMix64::new(seed ^ hash).next_u64()
 }
 
 /// `image` as `[3, H, W]` channel-major floats in [-1, 1] (the autoencoder's input range).
