@@ -35,8 +35,11 @@ use crate::state::{self, History};
 
 /// Losses shown while training are averaged over this many steps.
 const DISPLAY_WINDOW: usize = 20;
-/// The final loss reported for a stage is the mean over this many last steps.
+/// The final loss reported for a stage is the mean over this many last steps (over the last
+/// fifth of shorter runs).
 const FINAL_WINDOW: usize = 100;
+/// The initial loss reported for a stage is the mean over this many first steps.
+pub const INITIAL_WINDOW: usize = 10;
 
 /// What the training loop reports.
 #[derive(Debug, Clone)]
@@ -62,6 +65,8 @@ pub struct StageSummary {
     pub batch_size: usize,
     /// Wall time over all sessions.
     pub seconds: f64,
+    /// Mean loss of the first [`INITIAL_WINDOW`] steps.
+    pub initial_loss: f32,
     pub final_loss: f32,
     pub items_per_sec: f64,
     /// `(step, mean loss of the 50 steps ending there)`.
@@ -147,7 +152,8 @@ impl Stage<'_> {
             steps: o.steps,
             batch_size: o.batch_size,
             seconds: history.seconds,
-            final_loss: mean_tail(&history.losses, FINAL_WINDOW),
+            initial_loss: mean_tail(&history.losses[..history.step().min(INITIAL_WINDOW)], INITIAL_WINDOW),
+            final_loss: mean_tail(&history.losses, FINAL_WINDOW.min(history.step() / 5).max(1)),
             items_per_sec: (history.step() * o.batch_size) as f64 / history.seconds.max(1e-9),
             loss_curve: history.losses.chunks(50).enumerate().map(|(i, c)| (i * 50 + c.len(), mean_tail(c, c.len()))).collect(),
         };
