@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod conformance_cmd;
+mod eval_cmd;
 mod generate_cmd;
 mod train_cmd;
 
@@ -22,6 +23,8 @@ enum Command {
     Conformance(conformance_cmd::Args),
     /// Train the default model from a config file (models/stipple-default/train.json).
     Train(train_cmd::Args),
+    /// Score a model on prompts with the checker that reads scenes back from images.
+    Eval(eval_cmd::Args),
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
         Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
     }
 }

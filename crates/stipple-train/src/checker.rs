@@ -62,17 +62,22 @@ impl From<&Scene> for Attributes {
 }
 
 impl Attributes {
-    /// (attributes asked for that the reading shows, attributes asked for).
-    pub fn score(&self, reading: &Reading) -> (usize, usize) {
+    /// Per attribute (background, colour, shape, size, position): whether the reading shows
+    /// it, `None` where it is not asked for.
+    pub fn judge(&self, reading: &Reading) -> [Option<bool>; 5] {
         let o = reading.object;
-        let checks = [
+        [
             self.background.map(|b| b == reading.background),
             self.colour.map(|c| o.is_some_and(|o| o.colour == c)),
             self.shape.map(|s| o.is_some_and(|o| o.shape == s)),
             self.size.map(|s| o.is_some_and(|o| o.size == s)),
             self.cell.map(|c| o.is_some_and(|o| o.cell == c)),
-        ];
-        let asked: Vec<bool> = checks.into_iter().flatten().collect();
+        ]
+    }
+
+    /// (attributes asked for that the reading shows, attributes asked for).
+    pub fn score(&self, reading: &Reading) -> (usize, usize) {
+        let asked: Vec<bool> = self.judge(reading).into_iter().flatten().collect();
         (asked.iter().filter(|&&ok| ok).count(), asked.len())
     }
 }

@@ -6,6 +6,7 @@ pub mod caption;
 pub mod checker;
 pub mod config;
 pub mod dataset;
+pub mod eval;
 pub mod export;
 pub mod init;
 pub mod optim;
