@@ -2,9 +2,11 @@
 
 mod bench_cmd;
 mod conformance_cmd;
+mod eval_cmd;
 mod generate_cmd;
 mod serve_cmd;
 mod quantize_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -31,6 +33,10 @@ enum Command {
         /// The .safetensors file to write.
         output: std::path::PathBuf,
     },
+    /// Train the default model from a config file (models/stipple-default/train.json).
+    Train(train_cmd::Args),
+    /// Score a model on prompts with the checker that reads scenes back from images.
+    Eval(eval_cmd::Args),
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
@@ -50,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
         Command::Convert { input, output } => {
             if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {

@@ -10,6 +10,7 @@ pub mod guidance;
 pub mod image_io;
 pub mod checkpoint;
 pub mod conformance;
+pub mod default_model;
 pub mod dit;
 pub mod loader;
 pub mod layers;

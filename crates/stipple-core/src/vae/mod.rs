@@ -5,6 +5,7 @@ pub mod config;
 mod decoder;
 mod encoder;
 mod mid_block;
+pub mod stipple_vae;
 
 use std::path::Path;
 
