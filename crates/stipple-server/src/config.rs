@@ -168,10 +168,8 @@ impl Config {
             }
             table.insert(key, env_value(&value));
         }
-        let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "the environment".into());
-        table
-            .try_into::<Config>()
-            .map_err(|e| StartError::Config(format!("invalid setting in {origin} or STIPPLE_* variables: {e}")))
+        let origin = file.map(|p| format!("{} or STIPPLE_* variables", p.display())).unwrap_or_else(|| "STIPPLE_* variables".into());
+        table.try_into::<Config>().map_err(|e| StartError::Config(format!("invalid setting in {origin}: {e}")))
     }
 
     fn field_names() -> Vec<String> {
