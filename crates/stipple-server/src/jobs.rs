@@ -3,7 +3,8 @@
 //! by heartbeats, and finishes it only while it still holds the lease. Expired leases (a worker
 //! died) are re-queued, or failed and released after `max_attempts`. The claim is one
 //! `UPDATE ... WHERE status = 'queued' RETURNING`, so many workers (processes, machines) can
-//! share the table; on PostgreSQL the inner select can add `FOR UPDATE SKIP LOCKED`.
+//! share the table; on PostgreSQL the inner select adds `FOR UPDATE SKIP LOCKED`, so workers
+//! claiming at once take different jobs instead of queueing on one row.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -205,12 +206,14 @@ pub async fn queue_position(db: &Db, job: &Job) -> sqlx::Result<i64> {
     Ok(n)
 }
 
-/// Claim the oldest queued job for `worker` until `lease_until`.
-pub async fn claim(db: &Db, worker: &str, now: i64, lease_until: i64) -> sqlx::Result<Option<Job>> {
+/// Claim the oldest queued job for `worker` until `lease_until`. `skip_locked`: the database
+/// has row locks to skip (PostgreSQL); SQLite serialises writers anyway.
+pub async fn claim(db: &Db, worker: &str, now: i64, lease_until: i64, skip_locked: bool) -> sqlx::Result<Option<Job>> {
+    let lock = if skip_locked { " FOR UPDATE SKIP LOCKED" } else { "" };
     let row = sqlx::query(&format!(
         "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, \
            started_at = COALESCE(started_at, $3) \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1) AND status = 'queued' \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1{lock}) AND status = 'queued' \
          RETURNING {COLUMNS}"
     ))
     .bind(worker)
