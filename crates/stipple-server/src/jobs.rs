@@ -113,10 +113,19 @@ pub struct NewJob {
 }
 
 /// Queue jobs, reserving their tokens atomically (all or none). With an idempotency key, a job
-/// the owner already queued under that key is returned instead (and nothing is charged).
-pub async fn enqueue(db: &Db, payer: &Payer, new: Vec<NewJob>, now: i64) -> ApiResult<Vec<Job>> {
+/// the owner already queued under that key is returned instead (and nothing is charged). A
+/// queue already holding `max_queued` jobs refuses more (503).
+pub async fn enqueue(db: &Db, payer: &Payer, new: Vec<NewJob>, max_queued: i64, now: i64) -> ApiResult<Vec<Job>> {
     if let Some(existing) = find_idempotent(db, &new).await? {
         return Ok(existing);
+    }
+    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_one(db).await?;
+    if queued + new.len() as i64 > max_queued {
+        return Err(ApiError {
+            code: Some("queue_full"),
+            retry_after_secs: Some(30),
+            ..ApiError::unavailable("the queue is full; try again in a minute")
+        });
     }
     let mut tx = db.begin().await?;
     let mut ids = Vec::with_capacity(new.len());
