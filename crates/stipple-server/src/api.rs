@@ -38,7 +38,7 @@ pub async fn create_generation(State(state): St, Extension(caller): Extension<Ca
     let idempotency_key = idempotency_key(&headers)?;
     let requested = params.clone();
     let job = NewJob { owner: caller.owner(), idempotency_key, params, cost };
-    let job = jobs::enqueue(&state.db, &caller.payer(&state), vec![job], now_ms()).await?.remove(0);
+    let job = jobs::enqueue(&state.db, &caller.payer(&state), vec![job], state.config.max_queued_jobs, now_ms()).await?.remove(0);
     // A key reused for a different request is a client bug, not a retry (the seed differs
     // between retries when it was left to the server).
     let seed_given = input.seed.is_some();

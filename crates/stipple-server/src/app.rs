@@ -48,7 +48,7 @@ impl AppState {
     pub async fn open(config: Config) -> Result<Arc<AppState>, StartError> {
         config.validate()?;
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| StartError::Io { context: format!("creating data folder {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|error| StartError::Io { context: format!("creating data folder {}", dir.display()), error })?;
         let key = match &config.secret {
             Some(s) if s.len() >= 16 => s.as_bytes().to_vec(),
             Some(_) => return Err(StartError::Config("setting `secret` must be at least 16 characters".into())),
@@ -97,7 +97,7 @@ impl AppState {
 }
 
 fn load_or_create_secret(path: &Path) -> Result<Vec<u8>, StartError> {
-    let io = |context: String| move |source| StartError::Io { context, source };
+    let io = |context: String| move |error| StartError::Io { context, error };
     if path.exists() {
         return std::fs::read(path).map_err(io(format!("reading {}", path.display())));
     }
@@ -168,8 +168,8 @@ impl Server {
         let state = AppState::open(config).await?;
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|source| StartError::Io { context: format!("listening on {addr} (set --addr or STIPPLE_ADDR)"), source })?;
-        let local = listener.local_addr().map_err(|source| StartError::Io { context: "reading the bound address".into(), source })?;
+            .map_err(|error| StartError::Io { context: format!("listening on {addr} (set --addr or STIPPLE_ADDR)"), error })?;
+        let local = listener.local_addr().map_err(|error| StartError::Io { context: "reading the bound address".into(), error })?;
         let rx = state.stopping.subscribe();
         let mut tasks = background(&state, &rx, state.config.workers);
         let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -19,7 +19,7 @@ pub struct Blobs {
 impl Blobs {
     /// A store in `dir` (created if missing).
     pub fn local(dir: &Path) -> Result<Blobs, StartError> {
-        std::fs::create_dir_all(dir).map_err(|source| StartError::Io { context: format!("creating {}", dir.display()), source })?;
+        std::fs::create_dir_all(dir).map_err(|error| StartError::Io { context: format!("creating {}", dir.display()), error })?;
         let fs = LocalFileSystem::new_with_prefix(dir)?;
         Ok(Blobs { store: Arc::new(fs) })
     }

@@ -63,6 +63,9 @@ pub struct Config {
     pub max_side: usize,
     pub max_steps: usize,
     pub max_prompt_chars: usize,
+    /// Most jobs waiting in the queue; beyond it new requests get 503 (protects the server when
+    /// many visitors come at once).
+    pub max_queued_jobs: i64,
     /// Most images one OpenAI-style request may ask for.
     pub max_images_per_request: usize,
     /// Send a preview with every this many progress events.
@@ -139,6 +142,7 @@ impl Default for Config {
             max_side: 1024,
             max_steps: 100,
             max_prompt_chars: 2000,
+            max_queued_jobs: 500,
             max_images_per_request: 4,
             preview_every: 3,
             secure_cookies: None,
@@ -168,10 +172,8 @@ impl Config {
             }
             table.insert(key, env_value(&value));
         }
-        let origin = file.map(|p| p.display().to_string()).unwrap_or_else(|| "the environment".into());
-        table
-            .try_into::<Config>()
-            .map_err(|e| StartError::Config(format!("invalid setting in {origin} or STIPPLE_* variables: {e}")))
+        let origin = file.map(|p| format!("{} or STIPPLE_* variables", p.display())).unwrap_or_else(|| "STIPPLE_* variables".into());
+        table.try_into::<Config>().map_err(|e| StartError::Config(format!("invalid setting in {origin}: {e}")))
     }
 
     fn field_names() -> Vec<String> {
@@ -224,6 +226,7 @@ impl Config {
             ("max_steps", self.max_steps as i64),
             ("max_prompt_chars", self.max_prompt_chars as i64),
             ("max_images_per_request", self.max_images_per_request as i64),
+            ("max_queued_jobs", self.max_queued_jobs),
             ("preview_every", self.preview_every as i64),
             ("sync_timeout_secs", self.sync_timeout_secs as i64),
         ];

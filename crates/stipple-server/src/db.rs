@@ -30,7 +30,7 @@ fn migrator() -> Migrator {
 /// Connect and bring the schema up to date.
 pub async fn connect(url: &str) -> Result<Db, StartError> {
     sqlx::any::install_default_drivers();
-    let db_err = |source| StartError::Database { url: redact(url), source };
+    let db_err = |error| StartError::Database { url: redact(url), error };
     let options: AnyConnectOptions = url.parse().map_err(db_err)?;
     let sqlite = url.starts_with("sqlite:");
     let pool = AnyPoolOptions::new()

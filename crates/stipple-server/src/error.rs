@@ -9,14 +9,15 @@ use serde_json::json;
 pub enum StartError {
     #[error("{0}")]
     Config(String),
-    #[error("database {url}: {source}")]
-    Database { url: String, source: sqlx::Error },
+    // Causes are part of the message (not `source`), so they are printed once.
+    #[error("database {url}: {error}")]
+    Database { url: String, error: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("model {path}: {source}")]
-    Model { path: String, source: stipple_core::Error },
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    #[error("model {path}: {error}")]
+    Model { path: String, error: stipple_core::Error },
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
     #[error("image store: {0}")]
     Blob(#[from] object_store::Error),
 }

@@ -3,7 +3,8 @@
 //! by heartbeats, and finishes it only while it still holds the lease. Expired leases (a worker
 //! died) are re-queued, or failed and released after `max_attempts`. The claim is one
 //! `UPDATE ... WHERE status = 'queued' RETURNING`, so many workers (processes, machines) can
-//! share the table; on PostgreSQL the inner select can add `FOR UPDATE SKIP LOCKED`.
+//! share the table; on PostgreSQL the inner select adds `FOR UPDATE SKIP LOCKED`, so workers
+//! claiming at once take different jobs instead of queueing on one row.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -112,10 +113,19 @@ pub struct NewJob {
 }
 
 /// Queue jobs, reserving their tokens atomically (all or none). With an idempotency key, a job
-/// the owner already queued under that key is returned instead (and nothing is charged).
-pub async fn enqueue(db: &Db, payer: &Payer, new: Vec<NewJob>, now: i64) -> ApiResult<Vec<Job>> {
+/// the owner already queued under that key is returned instead (and nothing is charged). A
+/// queue already holding `max_queued` jobs refuses more (503).
+pub async fn enqueue(db: &Db, payer: &Payer, new: Vec<NewJob>, max_queued: i64, now: i64) -> ApiResult<Vec<Job>> {
     if let Some(existing) = find_idempotent(db, &new).await? {
         return Ok(existing);
+    }
+    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_one(db).await?;
+    if queued + new.len() as i64 > max_queued {
+        return Err(ApiError {
+            code: Some("queue_full"),
+            retry_after_secs: Some(30),
+            ..ApiError::unavailable("the queue is full; try again in a minute")
+        });
     }
     let mut tx = db.begin().await?;
     let mut ids = Vec::with_capacity(new.len());
@@ -205,12 +215,14 @@ pub async fn queue_position(db: &Db, job: &Job) -> sqlx::Result<i64> {
     Ok(n)
 }
 
-/// Claim the oldest queued job for `worker` until `lease_until`.
-pub async fn claim(db: &Db, worker: &str, now: i64, lease_until: i64) -> sqlx::Result<Option<Job>> {
+/// Claim the oldest queued job for `worker` until `lease_until`. `skip_locked`: the database
+/// has row locks to skip (PostgreSQL); SQLite serialises writers anyway.
+pub async fn claim(db: &Db, worker: &str, now: i64, lease_until: i64, skip_locked: bool) -> sqlx::Result<Option<Job>> {
+    let lock = if skip_locked { " FOR UPDATE SKIP LOCKED" } else { "" };
     let row = sqlx::query(&format!(
         "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, attempts = attempts + 1, \
            started_at = COALESCE(started_at, $3) \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1) AND status = 'queued' \
+         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1{lock}) AND status = 'queued' \
          RETURNING {COLUMNS}"
     ))
     .bind(worker)

@@ -48,7 +48,7 @@ impl ModelRegistry {
         for cfg in configs {
             let path = cfg.path();
             let loaded = load_pipeline(path, &device)
-                .map_err(|source| StartError::Model { path: path.display().to_string(), source })?;
+                .map_err(|error| StartError::Model { path: path.display().to_string(), error })?;
             let name = cfg.name().map(str::to_string).unwrap_or_else(|| loaded.name.clone());
             if entries.iter().any(|e| e.name == name) {
                 return Err(StartError::Config(format!(

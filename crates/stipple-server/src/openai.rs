@@ -93,7 +93,7 @@ pub async fn generations(State(state): State<Arc<AppState>>, Extension(caller): 
             NewJob { owner: owner.clone(), idempotency_key: None, params: p, cost }
         })
         .collect();
-    let queued = jobs::enqueue(&state.db, &caller.payer(&state), new, now_ms()).await?;
+    let queued = jobs::enqueue(&state.db, &caller.payer(&state), new, state.config.max_queued_jobs, now_ms()).await?;
     for _ in &queued {
         state.queue_signal.notify_one();
     }

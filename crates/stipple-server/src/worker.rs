@@ -29,12 +29,13 @@ enum RunOutcome {
 /// Claim and run jobs until `shutdown` turns true.
 pub async fn run(state: Arc<AppState>, worker_id: String, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(worker = %worker_id, "worker started");
+    let skip_locked = state.config.database_url().starts_with("postgres");
     loop {
         if *shutdown.borrow() {
             break;
         }
         let now = now_ms();
-        match jobs::claim(&state.db, &worker_id, now, now + state.lease_ms()).await {
+        match jobs::claim(&state.db, &worker_id, now, now + state.lease_ms(), skip_locked).await {
             Ok(Some(job)) => run_job(&state, &worker_id, job, &shutdown).await,
             Ok(None) => {
                 tokio::select! {

@@ -117,7 +117,11 @@ async fn quota_is_never_overspent_under_100_concurrent_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_retries_are_charged_once() {
-    let ts = TestServer::start(|c| c.workers = 0).await;
+    let ts = TestServer::start(|c| {
+        c.workers = 0;
+        c.max_queued_jobs = 2;
+    })
+    .await;
     let c = std::sync::Arc::new(ts.client().await);
     let body = serde_json::to_vec(&json!({"prompt": "retry me", "steps": 2})).unwrap();
     let mut tasks = Vec::new();
@@ -145,6 +149,14 @@ async fn idempotent_retries_are_charged_once() {
     let r = c.request(reqwest::Method::POST, "/api/generations", Some(other), &[("idempotency-key", "key-1")]).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert_eq!(r.param().as_deref(), Some("Idempotency-Key"));
+    assert_eq!(c.me().await["tokens"]["used_today"], 200);
+    // The queue holds two jobs at most: a third is refused (uncharged), retries still answer.
+    let r = c.post("/api/generations", &json!({"prompt": "third", "steps": 2})).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["error"]["code"], "queue_full");
+    let body = serde_json::to_vec(&json!({"prompt": "retry me", "steps": 2})).unwrap();
+    let r = c.request(reqwest::Method::POST, "/api/generations", Some(body), &[("idempotency-key", "key-1")]).await;
+    assert_eq!(r.json()["id"].as_str().unwrap(), ids[0]);
     assert_eq!(c.me().await["tokens"]["used_today"], 200);
     ts.server.shutdown().await;
 }
