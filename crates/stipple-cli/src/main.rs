@@ -3,8 +3,11 @@
 mod bench_cmd;
 mod bench_dit;
 mod conformance_cmd;
+mod eval_cmd;
 mod generate_cmd;
+mod serve_cmd;
 mod quantize_cmd;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -23,14 +26,30 @@ enum Command {
     Quantize(quantize_cmd::Args),
     /// Check the engine against reference vectors produced by HuggingFace diffusers.
     Conformance(conformance_cmd::Args),
+    /// Write a diffusers pipeline folder as one single-file .safetensors checkpoint (original key
+    /// layout, configs and tokenizers in its metadata).
+    Convert {
+        /// The diffusers pipeline folder (SD 1.x / 2.x / SDXL).
+        input: std::path::PathBuf,
+        /// The .safetensors file to write.
+        output: std::path::PathBuf,
+    },
+    /// Train the default model from a config file (models/stipple-default/train.json).
+    Train(train_cmd::Args),
+    /// Score a model on prompts with the checker that reads scenes back from images.
+    Eval(eval_cmd::Args),
     /// Benchmark the engine at real model sizes (random weights, nothing downloaded).
     #[command(subcommand)]
     Bench(bench_cmd::Bench),
+    /// Run the web service: page, JSON API, OpenAI-compatible API and in-process workers.
+    Serve(serve_cmd::ServeArgs),
+    /// Run queue workers only, against the configured database (to scale out).
+    Worker(serve_cmd::ServiceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn,stipple_server=info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -38,7 +57,19 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Quantize(args) => quantize_cmd::run(args),
         Command::Conformance(args) => conformance_cmd::run(args),
+        Command::Train(args) => train_cmd::run(args),
+        Command::Eval(args) => eval_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
+        Command::Convert { input, output } => {
+            if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+                anyhow::bail!("the output must be a .safetensors file, got {}", output.display());
+            }
+            stipple_core::checkpoint::to_single_file(&input, &output).map_err(user_error)?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Worker(args) => serve_cmd::worker(args),
     }
 }
 

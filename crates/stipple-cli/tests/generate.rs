@@ -62,7 +62,8 @@ fn seeded_generation_reproduces_diffusers_from_a_folder_and_a_single_file() {
     assert_close_to_reference(&png);
 
     let single = dir.path().join("sd_tiny.safetensors");
-    stipple_core::checkpoint::to_single_file(&folder, &single).unwrap();
+    let out = stipple(&["convert", folder.to_str().unwrap(), single.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
     let png2 = dir.path().join("single.png");
     let out = generate_like_reference(single.to_str().unwrap(), &png2);
     assert!(out.status.success(), "{}", text(&out));

@@ -79,7 +79,8 @@ pub fn to_unit_range(decoded: &Tensor) -> Result<Tensor> {
 pub fn load_init_image(path: &Path, width: usize, height: usize, device: &Device) -> Result<Tensor> {
     let img = open_image(path, "init-image")?.to_rgb8();
     check_size(path, "init-image", img.width() as usize, img.height() as usize, width, height)?;
-    let data: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 127.5 - 1.0).collect();
+    // diffusers' image processor: `x / 255`, then `2x - 1`, in float32.
+    let data: Vec<f32> = img.as_raw().iter().map(|&v| 2.0 * (v as f32 / 255.0) - 1.0).collect();
     let t = Tensor::from_vec(data, (height, width, 3), device)?;
     Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
 }

@@ -36,6 +36,8 @@ use crate::unet::{UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
 use crate::{Error, Result};
 
+pub use crate::default_model::STIPPLE_PIPELINE;
+
 /// A loaded model and the name to show for it.
 pub struct LoadedModel {
     pub pipeline: Pipeline,
@@ -57,6 +59,8 @@ pub enum ModelFamily {
     Flux,
     /// SD3 / SD3.5: CLIP-L + OpenCLIP-G (+ T5), MMDiT.
     Sd3,
+    /// Stipple's own small default model: word-level text encoder, latent DiT.
+    StippleDefault,
 }
 
 impl ModelFamily {
@@ -66,6 +70,7 @@ impl ModelFamily {
             ModelFamily::StableDiffusionXl => "SDXL",
             ModelFamily::Flux => "FLUX.1",
             ModelFamily::Sd3 => "Stable Diffusion 3",
+            ModelFamily::StippleDefault => "Stipple default model",
         }
     }
 
@@ -105,11 +110,19 @@ impl ModelFamily {
             ("tokenizer_2", "OpenCLIP-G tokenizer"),
             ("scheduler", "scheduler config"),
         ];
+        const STIPPLE: &[(&str, &str)] = &[
+            ("transformer", "Stipple DiT"),
+            ("vae", "Stipple autoencoder"),
+            ("text_encoder", "Stipple text encoder"),
+            ("tokenizer", "Stipple word tokenizer"),
+            ("scheduler", "scheduler config"),
+        ];
         match self {
             ModelFamily::StableDiffusion => SD,
             ModelFamily::StableDiffusionXl => SDXL,
             ModelFamily::Flux => FLUX,
             ModelFamily::Sd3 => SD3,
+            ModelFamily::StippleDefault => STIPPLE,
         }
     }
 }
@@ -128,6 +141,9 @@ fn found_components(source: &PipelineSource) -> Vec<String> {
 /// Which family the denoiser's class and config say this is.
 pub fn recognise(source: &PipelineSource) -> Result<ModelFamily> {
     let has_key = |c: &ComponentWeights, key: &str| c.config.get(key).is_some();
+    if source.pipeline_class == STIPPLE_PIPELINE {
+        return Ok(ModelFamily::StippleDefault);
+    }
     if let Ok(unet) = source.model("unet") {
         let text_time = unet.config.get("addition_embed_type").and_then(Value::as_str) == Some("text_time");
         return Ok(if text_time { ModelFamily::StableDiffusionXl } else { ModelFamily::StableDiffusion });
@@ -225,6 +241,9 @@ pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -
         ));
     }
     let dtype = DType::F32;
+    if family == ModelFamily::StippleDefault {
+        return crate::default_model::load(&source, name, device);
+    }
 
     let vae_weights = source.model("vae")?;
     let vae_config: VaeConfig = from_config(vae_weights)?;
@@ -240,12 +259,17 @@ pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -
             let text_encoder: Box<dyn TextEncoder> = if family == ModelFamily::StableDiffusion {
                 Box::new(ClipConditioner::new(tokenizer(&source, "tokenizer")?, clip(&source, "text_encoder", dtype, device)?)?)
             } else {
-                Box::new(SdxlConditioner::new(
-                    tokenizer(&source, "tokenizer")?,
-                    clip(&source, "text_encoder", dtype, device)?,
-                    tokenizer(&source, "tokenizer_2")?,
-                    clip(&source, "text_encoder_2", dtype, device)?,
-                )?)
+                let zeros =
+                    source.model_index.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+                Box::new(
+                    SdxlConditioner::new(
+                        tokenizer(&source, "tokenizer")?,
+                        clip(&source, "text_encoder", dtype, device)?,
+                        tokenizer(&source, "tokenizer_2")?,
+                        clip(&source, "text_encoder_2", dtype, device)?,
+                    )?
+                    .with_zeros_for_empty_negative(zeros),
+                )
             };
             let unet_weights = source.model("unet")?;
             let unet_config: UNetConfig = from_config(unet_weights)?;
@@ -276,6 +300,7 @@ pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -
             };
             (Box::new(text_encoder), Box::new(transformer), defaults)
         }
+        ModelFamily::StippleDefault => unreachable!("returned above"),
         ModelFamily::Sd3 => {
             let weights = source.model("transformer")?;
             let config = Sd3Config::from_json(&weights.config.to_string(), &config_path(&source, "transformer"))?;
@@ -392,7 +417,7 @@ pub fn sd3_conditioner(source: &PipelineSource, use_t5: bool, device: &Device) -
 
 /// The sampler matching the scheduler a model ships with, so defaults reproduce diffusers'
 /// pipeline; DPM++ 2M for schedulers Stipple does not implement (PNDM, ...).
-fn default_sampler(class_name: &str, config: &SchedulerConfig) -> SamplerKind {
+pub(crate) fn default_sampler(class_name: &str, config: &SchedulerConfig) -> SamplerKind {
     match class_name {
         "DDPMScheduler" => SamplerKind::Ddpm,
         "DDIMScheduler" => SamplerKind::Ddim,

@@ -74,6 +74,12 @@ pub trait Denoiser: Send + Sync {
 /// Turns prompts into a [`Conditioning`].
 pub trait TextEncoder: Send + Sync {
     fn encode(&self, prompts: &[&str]) -> Result<Conditioning>;
+
+    /// The `[negative, prompt]` batch for classifier-free guidance. Models whose unconditional
+    /// input is not simply the encoded negative prompt (SDXL's zeros for an empty negative) override it.
+    fn encode_for_guidance(&self, negative: &str, prompt: &str) -> Result<Conditioning> {
+        self.encode(&[negative, prompt])
+    }
 }
 
 /// Maps images `[B, 3, H, W]` in [-1, 1] to diffusion latents and back.

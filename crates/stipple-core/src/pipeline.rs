@@ -168,7 +168,7 @@ impl Pipeline {
 
         // Prompt embeddings: [negative, prompt] in one batch under guidance.
         let cond = if guidance.needs_unconditional() {
-            self.text_encoder.encode(&[&req.negative_prompt, &req.prompt])?
+            self.text_encoder.encode_for_guidance(&req.negative_prompt, &req.prompt)?
         } else {
             self.text_encoder.encode(&[&req.prompt])?
         };
@@ -194,18 +194,26 @@ impl Pipeline {
                 }
                 let start = n - init_steps;
                 let image = init.image.to_device(&self.device)?;
-                let posterior_noise = self.latent_tensor(noise.draw_initial(numel)?, shape)?;
-                let image_latents: Vec<f32> =
-                    self.autoencoder.encode(&image, &posterior_noise)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                let full_inpaint = init.mask.is_some() && init.strength >= 1.0;
+                let mask_aware = self.denoiser.in_channels() == 2 * latent_c + 1;
+                // The random draws follow diffusers' order: the image's posterior sample (skipped
+                // when a mask-aware UNet repaints from pure noise), the noise, then the masked image's
+                // posterior sample (drawn for every inpainting run, used by mask-aware UNets only).
+                let image_latents: Vec<f32> = if full_inpaint && mask_aware {
+                    Vec::new()
+                } else {
+                    let posterior = self.latent_tensor(noise.draw_initial(numel)?, shape)?;
+                    self.autoencoder.encode(&image, &posterior)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?
+                };
                 let z = noise.draw_initial(numel)?;
-                let latents = if init.strength >= 1.0 && init.mask.is_some() {
-                    // Full-strength inpainting starts from pure noise, as diffusers does.
+                let latents = if full_inpaint {
+                    // Full-strength inpainting starts from pure noise.
                     z.iter().map(|&v| v * sampler.init_noise_sigma()).collect()
                 } else {
                     sampler.add_noise(&image_latents, &z, start)
                 };
                 let inpaint = match &init.mask {
-                    Some(mask) => Some(self.prepare_inpaint(init, mask, &image_latents, z, noise, shape)?),
+                    Some(mask) => Some(self.prepare_inpaint(init, mask, image_latents, z, noise, shape, mask_aware)?),
                     None => None,
                 };
                 (start, latents, inpaint)
@@ -279,16 +287,18 @@ impl Pipeline {
         Ok(Tensor::from_vec(data, shape.to_vec(), &self.device)?)
     }
 
-    /// Inpainting inputs, drawing from the generator in diffusers' order (the masked image is
-    /// encoded after the noise is drawn).
+    /// Inpainting inputs: the latent-resolution mask and, for mask-aware (9-channel) UNets, the
+    /// mask and masked-image latents they take as extra input channels.
+    #[allow(clippy::too_many_arguments)]
     fn prepare_inpaint(
         &self,
         init: &InitImage,
         mask: &Tensor,
-        image_latents: &[f32],
+        image_latents: Vec<f32>,
         noise_drawn: Vec<f32>,
         noise: &mut dyn NoiseSource,
         shape: [usize; 4],
+        mask_aware: bool,
     ) -> Result<Inpaint> {
         let [_, c, lh, lw] = shape;
         let mask = mask.to_device(&self.device)?.to_dtype(DType::F32)?;
@@ -296,18 +306,16 @@ impl Pipeline {
         let latent_mask = mask.upsample_nearest2d(lh, lw)?;
         let mask_values: Vec<f32> = latent_mask.flatten_all()?.to_vec1()?;
         let per_channel: Vec<f32> = (0..c).flat_map(|_| mask_values.iter().copied()).collect();
-        let wants_channels = self.denoiser.in_channels() == 2 * c + 1;
-        let extra = if wants_channels {
-            // 9-channel inpainting UNets see the mask and the latents of the kept region.
+        let posterior = self.latent_tensor(noise.draw_initial(c * lh * lw)?, shape)?;
+        let extra = if mask_aware {
             let keep = mask.lt(0.5f32)?.to_dtype(DType::F32)?;
             let masked_image = init.image.to_device(&self.device)?.broadcast_mul(&keep)?;
-            let posterior = self.latent_tensor(noise.draw_initial(c * lh * lw)?, shape)?;
             let masked_latents = self.autoencoder.encode(&masked_image, &posterior)?.to_dtype(DType::F32)?;
             Some(Tensor::cat(&[&latent_mask, &masked_latents], 1)?)
         } else {
             None
         };
-        Ok(Inpaint { mask: per_channel, image_latents: image_latents.to_vec(), noise: noise_drawn, extra })
+        Ok(Inpaint { mask: per_channel, image_latents, noise: noise_drawn, extra })
     }
 }
 

@@ -90,7 +90,7 @@ impl SchedulerConfig {
     /// Parse a diffusers scheduler config. Accepts the bare `-Infinity` / `Infinity` / `NaN`
     /// tokens diffusers writes for `lambda_min_clipped` (not valid JSON).
     pub fn from_json_str(text: &str) -> std::result::Result<Self, serde_json::Error> {
-        serde_json::from_str(&crate::json::quote_non_finite(text))
+        serde_json::from_str(&crate::checkpoint::config_json::quote_non_finite(text))
     }
 
     /// Read `scheduler_config.json` from a file.

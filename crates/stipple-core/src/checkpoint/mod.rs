@@ -52,6 +52,7 @@ pub use convert::to_single_file;
 pub use random::{ParameterCount, RandomWeights};
 pub use original_layout::Family;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, MAX_HEADER_BYTES};
+pub use safetensors_writer::{write_safetensors, PlannedTensor};
 pub use source::{ComponentWeights, PipelineSource, SchedulerConfig, SourceFormat, TokenizerSource};
 pub use store::{StoredTensor, Transform, WeightStore};
 

@@ -1,14 +1,22 @@
 //! Multi-head attention as diffusers' `Attention` with `AttnProcessor2_0` computes it:
 //! `to_out(softmax(q kᵀ / sqrt(head_dim)) v)` with `q = to_q(x)`, `k, v = to_k, to_v(context or x)`.
 //!
-//! All heads go through one batched matmul per product; the score matrix is built in slices of
-//! query rows so its memory stays bounded at large resolutions (a 128² VAE latent has 16384
-//! tokens: a full score matrix would be 1 GiB per image).
+//! The score matrix is never materialised whole (a 128² VAE latent has 16384 tokens: a full
+//! score matrix would be 1 GiB per image). On the CPU in f32 a fused kernel runs blocks of query
+//! rows of every head in parallel: one GEMM for the block's scores into a small scratch buffer,
+//! softmax in place, one GEMM from there straight into the output. Other devices use batched
+//! matmuls over all heads on slices of query rows.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
+use rayon::prelude::*;
 
+use super::fast_math::{exp_shifted_sum, max_value};
+use super::group_norm::contiguous_f32;
 use crate::{Error, Result};
+
+/// Query rows per task of the CPU kernel (their scores stay in the core's cache).
+const CPU_BLOCK_ROWS: usize = 64;
 
 /// Upper bound on the elements of one slice of the score matrix (16 MiB in f32).
 const MAX_SCORE_ELEMENTS: usize = 1 << 22;
@@ -53,7 +61,7 @@ impl Attention {
     /// Assemble from already loaded projections (for checkpoints with other key names).
     pub fn from_projections(to_q: Linear, to_k: Linear, to_v: Linear, to_out: Linear, heads: usize) -> Result<Self> {
         let inner = to_q.weight().dim(0)?;
-        if heads == 0 || inner % heads != 0 {
+        if heads == 0 || !inner.is_multiple_of(heads) {
             return Err(Error::Unsupported(format!(
                 "attention with {inner} channels cannot be split into {heads} heads"
             )));
@@ -69,8 +77,7 @@ impl Attention {
         let k = self.split_heads(&self.to_k.forward(context)?)?;
         let v = self.split_heads(&self.to_v.forward(context)?)?;
         let out = scaled_dot_product_attention(&q, &k, &v, self.scale)?;
-        self.to_out.forward(&self.merge_heads(&out, x.dim(0)?)?)
-            .map_err(Into::into)
+        Ok(self.to_out.forward(&self.merge_heads(&out, x.dim(0)?)?)?)
     }
 
     /// `[B, S, H * Dh]` → `[B * H, S, Dh]`, contiguous.
@@ -80,7 +87,8 @@ impl Attention {
         if self.heads == 1 {
             return Ok(t.contiguous()?);
         }
-        Ok(t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()?.reshape((b * self.heads, s, dh))?)
+        let per_head = t.reshape((b, s, self.heads, dh))?.transpose(1, 2)?.contiguous()?;
+        Ok(per_head.reshape((b * self.heads, s, dh))?)
     }
 
     /// `[B * H, S, Dh]` → `[B, S, H * Dh]`, contiguous.
@@ -89,12 +97,30 @@ impl Attention {
         if self.heads == 1 {
             return Ok(t.clone());
         }
-        Ok(t.reshape((batch, self.heads, s, dh))?.transpose(1, 2)?.contiguous()?.reshape((batch, s, self.heads * dh))?)
+        let per_token = t.reshape((batch, self.heads, s, dh))?.transpose(1, 2)?.contiguous()?;
+        Ok(per_token.reshape((batch, s, self.heads * dh))?)
     }
 }
 
 /// `softmax(q kᵀ · scale) v` for `q` `[N, Sq, D]` and `k`, `v` `[N, Sk, D]` (N = batch × heads).
 pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (n, _, d) = q.dims3()?;
+    let (nk, sk, dk) = k.dims3()?;
+    let (nv, sv, _) = v.dims3()?;
+    if nk != n || nv != n || dk != d || sv != sk {
+        return Err(candle_core::Error::Msg(format!(
+            "attention shapes q {:?}, k {:?}, v {:?} do not fit together",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        ))
+        .into());
+    }
+    let on_cpu_f32 = [q, k, v].iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    if on_cpu_f32 && sk > 0 {
+        let op = AttentionCpu { scale: scale as f32, block_rows: CPU_BLOCK_ROWS };
+        return Ok(q.contiguous()?.apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)?);
+    }
     sliced_attention(q, k, v, scale, MAX_SCORE_ELEMENTS)
 }
 
@@ -122,6 +148,130 @@ fn sliced_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, max_scores: 
         start += len;
     }
     Ok(Tensor::cat(&parts, 1)?)
+}
+
+struct AttentionCpu {
+    scale: f32,
+    block_rows: usize,
+}
+
+impl CustomOp3 for AttentionCpu {
+    fn name(&self) -> &'static str {
+        "stipple-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let q = contiguous_f32(qs, ql, "queries")?;
+        let k = contiguous_f32(ks, kl, "keys")?;
+        let v = contiguous_f32(vs, vl, "values")?;
+        let (n, sq, d) = ql.shape().dims3()?;
+        let (_, sk, _) = kl.shape().dims3()?;
+        let (_, _, dv) = vl.shape().dims3()?;
+        let mut out = vec![0f32; n * sq * dv];
+        if sq == 0 || dv == 0 {
+            return Ok((CpuStorage::F32(out), Shape::from_dims(&[n, sq, dv])));
+        }
+        let rows = self.block_rows.max(1);
+        out.par_chunks_mut(sq * dv).enumerate().for_each(|(head, out_head)| {
+            let q_head = &q[head * sq * d..(head + 1) * sq * d];
+            let k_head = &k[head * sk * d..(head + 1) * sk * d];
+            let v_head = &v[head * sk * dv..(head + 1) * sk * dv];
+            out_head.par_chunks_mut(rows * dv).enumerate().for_each_init(
+                || vec![0f32; rows * sk],
+                |scores, (block, out_block)| {
+                    let m = out_block.len() / dv;
+                    let q_block = &q_head[block * rows * d..];
+                    self.attend_block(q_block, k_head, v_head, m, sk, d, dv, &mut scores[..m * sk], out_block);
+                },
+            );
+        });
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[n, sq, dv])))
+    }
+}
+
+impl AttentionCpu {
+    /// `out = softmax(scale · q kᵀ) v` for `m` query rows of one head.
+    #[allow(clippy::too_many_arguments)]
+    fn attend_block(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        m: usize,
+        sk: usize,
+        d: usize,
+        dv: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        // SAFETY (both calls): every pointer/stride pair addresses only elements inside its
+        // slice: q is `m × d` row-major, k `sk × d` read as its transpose, scores `m × sk`,
+        // v `sk × dv`, out `m × dv`.
+        unsafe {
+            gemm::gemm(
+                m,
+                sk,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                sk as isize,
+                false,
+                q.as_ptr(),
+                1,
+                d as isize,
+                k.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                self.scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        let mut inv_sums = Vec::with_capacity(m);
+        for row in scores.chunks_mut(sk) {
+            let max = max_value(row);
+            inv_sums.push(1.0 / exp_shifted_sum(row, max));
+        }
+        unsafe {
+            gemm::gemm(
+                m,
+                dv,
+                sk,
+                out.as_mut_ptr(),
+                1,
+                dv as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                sk as isize,
+                v.as_ptr(),
+                1,
+                dv as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (row, inv) in out.chunks_mut(dv).zip(inv_sums) {
+            for o in row {
+                *o *= inv;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +305,24 @@ mod tests {
     }
 
     #[test]
+    fn cpu_kernel_blocks_equal_naive() {
+        let dev = Device::Cpu;
+        let (n, sq, sk, d, dv) = (3, 7, 11, 4, 5);
+        let q = seeded(&[n, sq, d], 1, &dev);
+        let k = (seeded(&[n, sk, d], 2, &dev) * 3.0).unwrap();
+        let v = seeded(&[n, sk, dv], 3, &dev);
+        let want = naive_attention(&q, &k, &v, 0.5);
+        for block_rows in [1, 3, 64] {
+            let op = AttentionCpu { scale: 0.5, block_rows };
+            let got = q.apply_op3_no_bwd(&k, &v, &op).unwrap();
+            assert!(max_abs_diff(&got, &want) < 1e-5, "block_rows {block_rows}");
+        }
+        let dispatched = scaled_dot_product_attention(&q, &k, &v, 0.5).unwrap();
+        assert!(max_abs_diff(&dispatched, &want) < 1e-5);
+        assert!(scaled_dot_product_attention(&q, &k.narrow(2, 0, 3).unwrap(), &v, 0.5).is_err());
+    }
+
+    #[test]
     fn multi_head_equals_per_head_loop() {
         let dev = Device::Cpu;
         let (dim, ctx_dim, heads) = (8, 6, 2);
@@ -172,7 +340,13 @@ mod tests {
             DType::F32,
             &dev,
         );
-        let cfg = AttentionConfig { query_dim: dim, context_dim: Some(ctx_dim), heads, head_dim: dim / heads, qkv_bias: false };
+        let cfg = AttentionConfig {
+            query_dim: dim,
+            context_dim: Some(ctx_dim),
+            heads,
+            head_dim: dim / heads,
+            qkv_bias: false,
+        };
         let attn = Attention::new(vb, cfg).unwrap();
         let x = seeded(&[2, 5, dim], 6, &dev);
         let ctx = seeded(&[2, 7, ctx_dim], 7, &dev);

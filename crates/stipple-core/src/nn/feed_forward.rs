@@ -1,9 +1,14 @@
 //! diffusers `FeedForward` with the GEGLU activation (the transformer blocks' MLP):
 //! `net.2(hidden * gelu(gate))` where `[hidden | gate] = net.0.proj(x)`, GELU exact (erf).
+//!
+//! On the CPU in f32 the gating is one vectorised pass ([`super::fast_math::gelu`]); elsewhere
+//! candle's erf GELU and a multiplication.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
+use rayon::prelude::*;
 
+use super::group_norm::contiguous_f32;
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -30,8 +35,42 @@ impl GegluFeedForward {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = (self.hidden.forward(x)? * self.gate.forward(x)?.gelu_erf()?)?;
+        let (hidden, gate) = (self.hidden.forward(x)?, self.gate.forward(x)?);
+        let gated = if hidden.device().is_cpu() && hidden.dtype() == DType::F32 {
+            hidden.contiguous()?.apply_op2_no_bwd(&gate.contiguous()?, &GegluCpu)?
+        } else {
+            (hidden * gate.gelu_erf()?)?
+        };
         Ok(self.out.forward(&gated)?)
+    }
+}
+
+/// `hidden * gelu(gate)` elementwise.
+struct GegluCpu;
+
+impl CustomOp2 for GegluCpu {
+    fn name(&self) -> &'static str {
+        "stipple-geglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        hs: &CpuStorage,
+        hl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let hidden = contiguous_f32(hs, hl, "hidden")?;
+        let gate = contiguous_f32(gs, gl, "gate")?;
+        if hl.shape() != gl.shape() {
+            candle_core::bail!("GEGLU halves differ in shape: {:?} and {:?}", hl.shape(), gl.shape());
+        }
+        let mut out = vec![0f32; hidden.len()];
+        const CHUNK: usize = 1 << 14;
+        out.par_chunks_mut(CHUNK).zip(hidden.par_chunks(CHUNK).zip(gate.par_chunks(CHUNK))).for_each(|(o, (h, g))| {
+            super::fast_math::geglu(h, g, o);
+        });
+        Ok((CpuStorage::F32(out), hl.shape().clone()))
     }
 }
 
@@ -50,10 +89,15 @@ mod tests {
         let w2 = seeded(&[dim, inner], 3, &dev);
         let b2 = seeded(&[dim], 4, &dev);
         let vb = VarBuilder::from_tensors(
-            [("net.0.proj.weight", w.clone()), ("net.0.proj.bias", b.clone()), ("net.2.weight", w2.clone()), ("net.2.bias", b2.clone())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            [
+                ("net.0.proj.weight", w.clone()),
+                ("net.0.proj.bias", b.clone()),
+                ("net.2.weight", w2.clone()),
+                ("net.2.bias", b2.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
             DType::F32,
             &dev,
         );

@@ -100,7 +100,8 @@ mod tests {
     fn kernel_matches_f64_reference_on_offset_rows() {
         let dev = Device::Cpu;
         let ln = LayerNorm { weight: seeded(&[24], 1, &dev), bias: seeded(&[24], 2, &dev), eps: 1e-5 };
-        let x = (seeded(&[3, 5, 24], 3, &dev) * 0.01).unwrap().broadcast_add(&Tensor::new(300f32, &dev).unwrap()).unwrap();
+        let x =
+            (seeded(&[3, 5, 24], 3, &dev) * 0.01).unwrap().broadcast_add(&Tensor::new(300f32, &dev).unwrap()).unwrap();
         let got = ln.forward(&x).unwrap();
         let want = LayerNorm {
             weight: ln.weight.to_dtype(DType::F64).unwrap(),

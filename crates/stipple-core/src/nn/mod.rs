@@ -7,7 +7,10 @@
 
 pub mod activation;
 pub mod attention;
+pub mod conv2d;
+mod fast_math;
 pub mod feed_forward;
+pub mod fused;
 pub mod group_norm;
 pub mod layer_norm;
 pub mod loading;
@@ -16,6 +19,7 @@ pub mod resample;
 pub mod resnet;
 pub mod spatial_transformer;
 pub mod timestep_embedding;
+pub mod trainable;
 pub mod transformer_block;
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! added to the (1x1-projected, when the width changes) input, divided by `output_scale_factor`.
 
 use candle_core::{Tensor, D};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder};
+use candle_nn::{Linear, Module, VarBuilder};
 use serde::Deserialize;
 
 use super::activation::Activation;
+use super::conv2d::Conv2d;
 use super::group_norm::GroupNorm;
 use crate::Result;
 
@@ -47,7 +48,6 @@ pub struct ResnetBlock2D {
 impl ResnetBlock2D {
     pub fn new(vb: VarBuilder, cfg: ResnetConfig) -> Result<Self> {
         let (cin, cout) = (cfg.in_channels, cfg.out_channels);
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
         let time_emb_proj = match cfg.temb_channels {
             Some(t) => {
                 let width = match cfg.time_embedding_norm {
@@ -58,17 +58,14 @@ impl ResnetBlock2D {
             }
             None => None,
         };
-        let conv_shortcut = if cin != cout {
-            Some(candle_nn::conv2d(cin, cout, 1, Conv2dConfig::default(), vb.pp("conv_shortcut"))?)
-        } else {
-            None
-        };
+        let conv_shortcut =
+            if cin != cout { Some(Conv2d::new(vb.pp("conv_shortcut"), cin, cout, 1, 1, 0)?) } else { None };
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), cfg.groups, cin, cfg.eps)?,
-            conv1: candle_nn::conv2d(cin, cout, 3, conv3, vb.pp("conv1"))?,
+            conv1: Conv2d::new(vb.pp("conv1"), cin, cout, 3, 1, 1)?,
             time_emb_proj,
             norm2: GroupNorm::new(vb.pp("norm2"), cfg.groups, cout, cfg.eps)?,
-            conv2: candle_nn::conv2d(cout, cout, 3, conv3, vb.pp("conv2"))?,
+            conv2: Conv2d::new(vb.pp("conv2"), cout, cout, 3, 1, 1)?,
             conv_shortcut,
             cfg,
         })
@@ -85,7 +82,9 @@ impl ResnetBlock2D {
             _ => None,
         };
         let h = match (temb, self.cfg.time_embedding_norm) {
-            (Some(t), TimeEmbeddingNorm::Default) => self.norm2.forward_activated(&h.broadcast_add(&t)?, self.cfg.act)?,
+            (Some(t), TimeEmbeddingNorm::Default) => {
+                self.norm2.forward_activated(&h.broadcast_add(&t)?, self.cfg.act)?
+            }
             (Some(t), TimeEmbeddingNorm::ScaleShift) => {
                 let c = self.cfg.out_channels;
                 let (scale, shift) = (t.narrow(1, 0, c)?, t.narrow(1, c, c)?);

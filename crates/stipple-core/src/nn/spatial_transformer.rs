@@ -37,7 +37,7 @@ pub struct SpatialTransformer {
 impl SpatialTransformer {
     pub fn new(vb: VarBuilder, cfg: SpatialTransformerConfig) -> Result<Self> {
         let c = cfg.channels;
-        if cfg.heads == 0 || c % cfg.heads != 0 {
+        if cfg.heads == 0 || !c.is_multiple_of(cfg.heads) {
             return Err(crate::Error::Unsupported(format!(
                 "transformer at `{}`: {c} channels cannot be split into {} attention heads \
                  (check attention_head_dim / num_attention_heads in config.json)",
@@ -47,7 +47,15 @@ impl SpatialTransformer {
         }
         let head_dim = c / cfg.heads;
         let blocks = (0..cfg.depth)
-            .map(|i| BasicTransformerBlock::new(vb.pp(format!("transformer_blocks.{i}")), c, cfg.heads, head_dim, cfg.context_dim))
+            .map(|i| {
+                BasicTransformerBlock::new(
+                    vb.pp(format!("transformer_blocks.{i}")),
+                    c,
+                    cfg.heads,
+                    head_dim,
+                    cfg.context_dim,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm: GroupNorm::new(vb.pp("norm"), cfg.norm_groups, c, GROUP_NORM_EPS)?,

@@ -74,3 +74,41 @@ impl candle_nn::var_builder::SimpleBackend for ShapeOnlyBackend {
         false
     }
 }
+
+/// Random weights scaled like PyTorch's default init (std `1/sqrt(fan_in)`; norm weights 1,
+/// biases 0), for timing full-size models without checkpoints.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RandomBackend;
+
+impl RandomBackend {
+    pub(crate) fn var_builder() -> candle_nn::VarBuilder<'static> {
+        let boxed: Box<dyn candle_nn::var_builder::SimpleBackend> = Box::new(RandomBackend);
+        candle_nn::VarBuilder::from_backend(boxed, DType::F32, Device::Cpu)
+    }
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomBackend {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if s.rank() == 1 {
+            let fill = if name.ends_with("weight") { 1.0 } else { 0.0 };
+            return Tensor::full(fill, s, dev)?.to_dtype(dtype);
+        }
+        let fan_in: usize = s.dims()[1..].iter().product();
+        Tensor::randn(0f32, 1.0 / (fan_in as f32).sqrt(), s, dev)?.to_dtype(dtype)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random backend cannot provide {name} without a shape")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}

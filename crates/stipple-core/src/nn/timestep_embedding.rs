@@ -86,7 +86,8 @@ mod tests {
         let t = Tensor::new(&[0f32, 501.0], &Device::Cpu).unwrap();
         let e = sinusoidal_embedding(&t, 8, false, 1.0).unwrap().to_vec2::<f32>().unwrap();
         // freq_shift 1: exponents i / (half - 1) over [0, 1], so the last frequency is 1e-4.
-        for (i, want_freq) in [1.0f64, 10_000f64.powf(-1.0 / 3.0), 10_000f64.powf(-2.0 / 3.0), 1e-4].iter().enumerate() {
+        for (i, want_freq) in [1.0f64, 10_000f64.powf(-1.0 / 3.0), 10_000f64.powf(-2.0 / 3.0), 1e-4].iter().enumerate()
+        {
             assert!((e[1][i] as f64 - (501.0 * want_freq).sin()).abs() < 1e-4);
             assert!((e[1][4 + i] as f64 - (501.0 * want_freq).cos()).abs() < 1e-4);
             assert_eq!(e[0][i], 0.0);

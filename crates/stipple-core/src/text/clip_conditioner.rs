@@ -102,6 +102,8 @@ pub struct SdxlConditioner {
     tokenizer_2: ClipTokenizer,
     encoder_2: ClipTextModel,
     clip_skip: usize,
+    /// SDXL's `force_zeros_for_empty_prompt`: an empty negative prompt conditions with zeros.
+    zeros_for_empty_negative: bool,
 }
 
 impl SdxlConditioner {
@@ -127,7 +129,13 @@ impl SdxlConditioner {
                     .into(),
             ));
         }
-        Ok(SdxlConditioner { tokenizer_1, encoder_1, tokenizer_2, encoder_2, clip_skip: 0 })
+        Ok(SdxlConditioner { tokenizer_1, encoder_1, tokenizer_2, encoder_2, clip_skip: 0, zeros_for_empty_negative: true })
+    }
+
+    /// diffusers' `force_zeros_for_empty_prompt` (true for SDXL base, from `model_index.json`).
+    pub fn with_zeros_for_empty_negative(mut self, on: bool) -> Self {
+        self.zeros_for_empty_negative = on;
+        self
     }
 
     /// Load a pipeline's `tokenizer/`, `text_encoder/`, `tokenizer_2/` and `text_encoder_2/` folders.
@@ -173,6 +181,18 @@ impl TextEncoder for SdxlConditioner {
         let pooled =
             out_2.text_embeds.ok_or_else(|| Error::Unsupported("text_encoder_2 produced no text_embeds".into()))?;
         Ok(Conditioning { context, pooled: Some(pooled) })
+    }
+
+    fn encode_for_guidance(&self, negative: &str, prompt: &str) -> Result<Conditioning> {
+        if !(self.zeros_for_empty_negative && negative.is_empty()) {
+            return self.encode(&[negative, prompt]);
+        }
+        let cond = self.encode(&[prompt])?;
+        let zeros = Conditioning {
+            context: cond.context.zeros_like()?,
+            pooled: cond.pooled.as_ref().map(|p| p.zeros_like()).transpose()?,
+        };
+        Conditioning::cat(&[&zeros, &cond])
     }
 }
 

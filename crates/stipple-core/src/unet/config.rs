@@ -242,21 +242,27 @@ impl UNetConfig {
                 self.block_out_channels.len()
             )));
         }
-        let norm_groups = self
-            .norm_num_groups
-            .ok_or_else(|| Error::Unsupported("norm_num_groups null (UNets without group norm) is not supported".into()))?;
-        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).resolve(n, "attention_head_dim")?;
+        let norm_groups = self.norm_num_groups.ok_or_else(|| {
+            Error::Unsupported("norm_num_groups null (UNets without group norm) is not supported".into())
+        })?;
+        let heads =
+            self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim).resolve(n, "attention_head_dim")?;
         let context = self.cross_attention_dim.resolve(n, "cross_attention_dim")?;
         let layers = self.layers_per_block.resolve(n, "layers_per_block")?;
         let depths = self.transformer_layers_per_block.resolve(n, "transformer_layers_per_block")?;
         let channels = &self.block_out_channels;
 
-        let attention = |cross: bool, i: usize, depth: &LayerCount, num_layers: usize| -> Result<Option<AttentionPlan>> {
-            if !cross {
-                return Ok(None);
-            }
-            Ok(Some(AttentionPlan { heads: heads[i], depth_per_layer: depth.per_layer(num_layers)?, context_dim: context[i] }))
-        };
+        let attention =
+            |cross: bool, i: usize, depth: &LayerCount, num_layers: usize| -> Result<Option<AttentionPlan>> {
+                if !cross {
+                    return Ok(None);
+                }
+                Ok(Some(AttentionPlan {
+                    heads: heads[i],
+                    depth_per_layer: depth.per_layer(num_layers)?,
+                    context_dim: context[i],
+                }))
+            };
 
         let mut down = Vec::with_capacity(n);
         for (i, ty) in self.down_block_types.iter().enumerate() {
@@ -355,7 +361,7 @@ impl UNetConfig {
         if self.attention_type != "default" {
             return refuse(format!("attention_type \"{}\"", self.attention_type));
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return refuse("an even conv_in_kernel / conv_out_kernel".into());
         }
         Ok(())

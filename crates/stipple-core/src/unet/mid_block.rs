@@ -25,7 +25,8 @@ impl MidBlock {
         let mut layers = Vec::new();
         if let Some(attn) = &plan.attention {
             for (i, &depth) in attn.depth_per_layer.iter().enumerate() {
-                let transformer = SpatialTransformer::new(vb.pp(format!("attentions.{i}")), settings.transformer(c, attn, depth))?;
+                let transformer =
+                    SpatialTransformer::new(vb.pp(format!("attentions.{i}")), settings.transformer(c, attn, depth))?;
                 let resnet = ResnetBlock2D::new(vb.pp(format!("resnets.{}", i + 1)), resnet_cfg)?;
                 layers.push((transformer, resnet));
             }

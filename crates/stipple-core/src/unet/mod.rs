@@ -12,7 +12,7 @@ mod up_block;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 pub use config::UNetConfig;
 use config::{AttentionPlan, TextTimePlan, UNetPlan};
@@ -22,6 +22,7 @@ use up_block::UpBlock;
 
 use crate::model::{Conditioning, Denoiser, ImageInfo};
 use crate::nn::activation::Activation;
+use crate::nn::conv2d::Conv2d;
 use crate::nn::group_norm::GroupNorm;
 use crate::nn::loading::{diffusers_weight_files, open_safetensors, read_json_config};
 use crate::nn::resnet::{ResnetConfig, TimeEmbeddingNorm};
@@ -106,8 +107,8 @@ impl UNet2DConditionModel {
             use_linear_projection: config.use_linear_projection,
             downsample_padding: config.downsample_padding,
         };
-        let conv = |k: usize| Conv2dConfig { padding: (k - 1) / 2, ..Default::default() };
-        let conv_in = candle_nn::conv2d(config.in_channels, c0, config.conv_in_kernel, conv(config.conv_in_kernel), vb.pp("conv_in"))?;
+        let (k_in, k_out) = (config.conv_in_kernel, config.conv_out_kernel);
+        let conv_in = Conv2d::new(vb.pp("conv_in"), config.in_channels, c0, k_in, 1, (k_in - 1) / 2)?;
         let time_embedding = TimestepEmbedding::new(
             vb.pp("time_embedding"),
             plan.timestep_dim,
@@ -118,7 +119,13 @@ impl UNet2DConditionModel {
         let add_embedding = match plan.text_time {
             Some(tt) => {
                 // diffusers builds add_embedding with TimestepEmbedding's default act (SiLU), not act_fn.
-                let emb = TimestepEmbedding::new(vb.pp("add_embedding"), tt.input_dim, plan.time_embed_dim, Activation::Silu, None)?;
+                let emb = TimestepEmbedding::new(
+                    vb.pp("add_embedding"),
+                    tt.input_dim,
+                    plan.time_embed_dim,
+                    Activation::Silu,
+                    None,
+                )?;
                 Some((tt, emb))
             }
             None => None,
@@ -140,7 +147,7 @@ impl UNet2DConditionModel {
             .map(|(i, p)| UpBlock::new(vb.pp(format!("up_blocks.{i}")), p, &settings))
             .collect::<Result<Vec<_>>>()?;
         let conv_norm_out = GroupNorm::new(vb.pp("conv_norm_out"), plan.norm_groups, c0, config.norm_eps)?;
-        let conv_out = candle_nn::conv2d(c0, config.out_channels, config.conv_out_kernel, conv(config.conv_out_kernel), vb.pp("conv_out"))?;
+        let conv_out = Conv2d::new(vb.pp("conv_out"), c0, config.out_channels, k_out, 1, (k_out - 1) / 2)?;
         Ok(Self {
             config: config.clone(),
             plan,
@@ -163,7 +170,9 @@ impl UNet2DConditionModel {
         let files = diffusers_weight_files(dir)?;
         let vb = open_safetensors(&files, dtype, device)?;
         Self::new(vb, &config).map_err(|e| match e {
-            Error::Tensor(t) => Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display())),
+            Error::Tensor(t) => {
+                Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display()))
+            }
             Error::Unsupported(msg) => Error::Unsupported(format!("{}: {msg}", config_path.display())),
             other => other,
         })
@@ -244,7 +253,8 @@ impl UNet2DConditionModel {
                 ))
             }
         };
-        let t_emb = sinusoidal_embedding(&t, self.plan.timestep_dim, self.config.flip_sin_to_cos, self.config.freq_shift)?;
+        let t_emb =
+            sinusoidal_embedding(&t, self.plan.timestep_dim, self.config.flip_sin_to_cos, self.config.freq_shift)?;
         let mut emb = self.time_embedding.forward(&t_emb.to_dtype(self.dtype)?)?;
 
         match (&self.add_embedding, added) {
@@ -253,7 +263,10 @@ impl UNet2DConditionModel {
                 if text_embeds.dims() != [batch, text_width] {
                     return Err(Error::param(
                         "text_embeds",
-                        format!("shape {:?}, expected [{batch}, {text_width}] (pooled text embedding)", text_embeds.dims()),
+                        format!(
+                            "shape {:?}, expected [{batch}, {text_width}] (pooled text embedding)",
+                            text_embeds.dims()
+                        ),
                     ));
                 }
                 if time_ids.dims() != [batch, TIME_ID_COUNT] {
@@ -308,7 +321,10 @@ impl Denoiser for UNet2DConditionModel {
             return self.forward_with_added(x, timesteps, &cond.context, None);
         }
         let pooled = cond.pooled.as_ref().ok_or_else(|| {
-            Error::param("conditioning", "SDXL's UNet needs the pooled text embedding (text_embeds); the text encoder gave none")
+            Error::param(
+                "conditioning",
+                "SDXL's UNet needs the pooled text embedding (text_embeds); the text encoder gave none",
+            )
         })?;
         let time_ids = sdxl_time_ids(info, x.dim(0)?, x.device())?;
         self.forward_with_added(x, timesteps, &cond.context, Some((pooled, &time_ids)))
@@ -323,7 +339,7 @@ impl Denoiser for UNet2DConditionModel {
 mod tests {
     use super::config::tests::{SD15, SD21, SDXL};
     use super::*;
-    use crate::nn::test_support::ShapeOnlyBackend;
+    use crate::nn::test_support::{RandomBackend, ShapeOnlyBackend};
 
     fn param_count(config_json: &str) -> usize {
         let config: UNetConfig = serde_json::from_str(config_json).unwrap();
@@ -340,11 +356,123 @@ mod tests {
         assert_eq!(param_count(SDXL), 2_567_463_684);
     }
 
+    /// The tiny SD UNet of the reference vectors: the f32 CPU kernels, and in f64 the generic
+    /// tensor-op paths that other devices use, against diffusers' output.
+    #[test]
+    fn tiny_reference_model_in_f32_and_f64() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors");
+        let case =
+            candle_core::safetensors::load(root.join("cases/unet/unet_sd_tiny_tbatch.safetensors"), &Device::Cpu)
+                .unwrap();
+        let want = case["output"].to_dtype(DType::F64).unwrap();
+        let allowance = 1e-6
+            + 1.2e-5
+                * want
+                    .abs()
+                    .unwrap()
+                    .max_keepdim(0)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap();
+        for dtype in [DType::F32, DType::F64] {
+            let unet = UNet2DConditionModel::load(&root.join("models/sd_tiny/unet"), dtype, &Device::Cpu).unwrap();
+            let cond = Conditioning { context: case["encoder_hidden_states"].clone(), pooled: None };
+            let got =
+                Denoiser::forward(&unet, &case["sample"], &case["timestep"], &cond, &ImageInfo::default()).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let err = crate::nn::test_support::max_abs_diff(&got, &want);
+            assert!(err <= allowance, "{dtype:?}: {err} > {allowance}");
+        }
+    }
+
+    /// A tiny SDXL-layout UNet (text_time embedding, attention-free first block, per-block depth).
+    fn tiny_sdxl() -> UNet2DConditionModel {
+        let config: UNetConfig = serde_json::from_str(
+            r#"{"block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4],
+                "transformer_layers_per_block": [1, 2], "cross_attention_dim": 16, "norm_num_groups": 8,
+                "use_linear_projection": true, "addition_embed_type": "text_time", "addition_time_embed_dim": 4,
+                "projection_class_embeddings_input_dim": 36, "layers_per_block": 1}"#,
+        )
+        .unwrap();
+        UNet2DConditionModel::new(RandomBackend::var_builder(), &config).unwrap()
+    }
+
+    #[test]
+    fn text_time_conditioning_is_required_and_used() {
+        let unet = tiny_sdxl();
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
+        let t = Tensor::new(&[500f32], &dev).unwrap();
+        let context = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
+        let pooled = Tensor::randn(0f32, 1.0, (2, 12), &dev).unwrap();
+        let info = ImageInfo { original_size: (64, 64), crop_top_left: (0, 0), target_size: (64, 64), guidance: None };
+
+        let without = Conditioning { context: context.clone(), pooled: None };
+        assert!(Denoiser::forward(&unet, &x, &t, &without, &info).unwrap_err().to_string().contains("pooled"));
+
+        let cond = Conditioning { context, pooled: Some(pooled) };
+        let a = Denoiser::forward(&unet, &x, &t, &cond, &info).unwrap();
+        assert_eq!(a.dims(), &[2, 4, 8, 8]);
+        let cropped = ImageInfo { crop_top_left: (16, 0), ..info };
+        let b = Denoiser::forward(&unet, &x, &t, &cond, &cropped).unwrap();
+        assert!(crate::nn::test_support::max_abs_diff(&a, &b) > 1e-6);
+
+        let bad_pooled = Conditioning { pooled: Some(Tensor::zeros((2, 7), DType::F32, &dev).unwrap()), ..cond };
+        assert!(Denoiser::forward(&unet, &x, &t, &bad_pooled, &info).unwrap_err().to_string().contains("text_embeds"));
+    }
+
+    #[test]
+    fn timesteps_broadcast_and_validate() {
+        let unet = tiny_sdxl();
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (2, 5, 16), &dev).unwrap();
+        let text = Tensor::randn(0f32, 1.0, (2, 12), &dev).unwrap();
+        let ids = Tensor::new(&[[64f32, 64., 0., 0., 64., 64.], [64., 64., 0., 0., 64., 64.]], &dev).unwrap();
+        let added = Some((&text, &ids));
+        let one = unet.forward_with_added(&x, &Tensor::new(&[250f32], &dev).unwrap(), &ctx, added).unwrap();
+        let both = unet.forward_with_added(&x, &Tensor::new(&[250f32, 250.], &dev).unwrap(), &ctx, added).unwrap();
+        assert_eq!(crate::nn::test_support::max_abs_diff(&one, &both), 0.0);
+        assert!(unet.forward_with_added(&x, &Tensor::new(&[1f32, 2., 3.], &dev).unwrap(), &ctx, added).is_err());
+        // Spatial size not a multiple of the downsampling factor: upsampling follows the skips.
+        let odd = Tensor::randn(0f32, 1.0, (2, 4, 7, 9), &dev).unwrap();
+        assert_eq!(
+            unet.forward_with_added(&odd, &Tensor::new(&[3f32], &dev).unwrap(), &ctx, added).unwrap().dims(),
+            &[2, 4, 7, 9]
+        );
+    }
+
     #[test]
     fn time_ids_layout_and_missing_sizes() {
         let info = ImageInfo { original_size: (768, 1024), crop_top_left: (16, 32), target_size: (1024, 1024), guidance: None };
         let ids = sdxl_time_ids(&info, 2, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(ids, vec![vec![768., 1024., 16., 32., 1024., 1024.]; 2]);
         assert!(sdxl_time_ids(&ImageInfo::default(), 1, &Device::Cpu).is_err());
+    }
+
+    /// SD 1.5 at 512² with classifier-free guidance (batch 2), random weights:
+    /// `cargo test --release -p stipple-core sd15_forward_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark: several GiB and tens of seconds"]
+    fn sd15_forward_timing() {
+        let config: UNetConfig = serde_json::from_str(SD15).unwrap();
+        let t0 = std::time::Instant::now();
+        let unet = UNet2DConditionModel::new(RandomBackend::var_builder(), &config).unwrap();
+        eprintln!("build: {:.2?}", t0.elapsed());
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 4, 64, 64), &dev).unwrap();
+        let ctx = Tensor::randn(0f32, 1.0, (2, 77, 768), &dev).unwrap();
+        let t = Tensor::new(&[981f32, 981.0], &dev).unwrap();
+        for run in 0..2 {
+            let t0 = std::time::Instant::now();
+            let y = unet.forward_with_added(&x, &t, &ctx, None).unwrap();
+            assert_eq!(y.dims(), &[2, 4, 64, 64]);
+            eprintln!("forward {run}: {:.2?}", t0.elapsed());
+        }
     }
 }

@@ -42,9 +42,9 @@ impl UpBlock {
     pub fn forward(&self, x: &Tensor, temb: &Tensor, context: &Tensor, skips: &mut Vec<Tensor>) -> Result<Tensor> {
         let mut h = x.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = skips
-                .pop()
-                .ok_or_else(|| Error::Unsupported("UNet up path ran out of skip connections (inconsistent config)".into()))?;
+            let skip = skips.pop().ok_or_else(|| {
+                Error::Unsupported("UNet up path ran out of skip connections (inconsistent config)".into())
+            })?;
             h = resnet.forward(&Tensor::cat(&[&h, &skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 h = attn.forward(&h, context)?;

@@ -3,11 +3,12 @@
 //! block), GroupNorm, activation and `conv_out`.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::VaeConfig;
 use super::mid_block::{vae_resnet, VaeMidBlock, VAE_NORM_EPS};
 use crate::nn::activation::Activation;
+use crate::nn::conv2d::Conv2d;
 use crate::nn::group_norm::GroupNorm;
 use crate::nn::resample::Upsample2D;
 use crate::nn::resnet::ResnetBlock2D;
@@ -33,7 +34,6 @@ impl Decoder {
     pub(crate) fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let groups = cfg.norm_num_groups;
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
         let top = reversed[0];
         let mut up_blocks = Vec::with_capacity(reversed.len());
         for (i, &out) in reversed.iter().enumerate() {
@@ -45,18 +45,21 @@ impl Decoder {
                     ResnetBlock2D::new(vb_block.pp(format!("resnets.{j}")), vae_resnet(cin, out, groups, cfg.act_fn))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let upsampler =
-                if i + 1 < reversed.len() { Some(Upsample2D::new(vb_block.pp("upsamplers.0"), out, out)?) } else { None };
+            let upsampler = if i + 1 < reversed.len() {
+                Some(Upsample2D::new(vb_block.pp("upsamplers.0"), out, out)?)
+            } else {
+                None
+            };
             up_blocks.push(UpDecoderBlock { resnets, upsampler });
         }
         let bottom = reversed[reversed.len() - 1];
         Ok(Self {
-            conv_in: candle_nn::conv2d(cfg.latent_channels, top, 3, conv3, vb.pp("conv_in"))?,
+            conv_in: Conv2d::new(vb.pp("conv_in"), cfg.latent_channels, top, 3, 1, 1)?,
             mid_block: VaeMidBlock::new(vb.pp("mid_block"), top, groups, cfg.act_fn, cfg.mid_block_add_attention)?,
             up_blocks,
             conv_norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, bottom, VAE_NORM_EPS)?,
             act: cfg.act_fn,
-            conv_out: candle_nn::conv2d(bottom, cfg.out_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), bottom, cfg.out_channels, 3, 1, 1)?,
         })
     }
 
@@ -72,6 +75,6 @@ impl Decoder {
             }
         }
         let h = self.conv_norm_out.forward_activated(&h, self.act)?;
-        Ok(self.conv_out.forward(&h)?)
+        self.conv_out.forward(&h)
     }
 }

@@ -3,11 +3,12 @@
 //! GroupNorm, activation and `conv_out` to `2 × latent_channels` moments (mean, log-variance).
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::VaeConfig;
 use super::mid_block::{vae_resnet, VaeMidBlock, VAE_NORM_EPS};
 use crate::nn::activation::Activation;
+use crate::nn::conv2d::Conv2d;
 use crate::nn::group_norm::GroupNorm;
 use crate::nn::resample::Downsample2D;
 use crate::nn::resnet::ResnetBlock2D;
@@ -33,8 +34,7 @@ impl Encoder {
     pub(crate) fn new(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
         let channels = &cfg.block_out_channels;
         let groups = cfg.norm_num_groups;
-        let conv3 = Conv2dConfig { padding: 1, ..Default::default() };
-        let conv_in = candle_nn::conv2d(cfg.in_channels, channels[0], 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = Conv2d::new(vb.pp("conv_in"), cfg.in_channels, channels[0], 3, 1, 1)?;
         let mut down_blocks = Vec::with_capacity(channels.len());
         for (i, &out) in channels.iter().enumerate() {
             let vb_block = vb.pp(format!("down_blocks.{i}"));
@@ -59,7 +59,7 @@ impl Encoder {
             mid_block: VaeMidBlock::new(vb.pp("mid_block"), top, groups, cfg.act_fn, cfg.mid_block_add_attention)?,
             conv_norm_out: GroupNorm::new(vb.pp("conv_norm_out"), groups, top, VAE_NORM_EPS)?,
             act: cfg.act_fn,
-            conv_out: candle_nn::conv2d(top, 2 * cfg.latent_channels, 3, conv3, vb.pp("conv_out"))?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), top, 2 * cfg.latent_channels, 3, 1, 1)?,
         })
     }
 
@@ -76,6 +76,6 @@ impl Encoder {
         }
         let h = self.mid_block.forward(&h)?;
         let h = self.conv_norm_out.forward_activated(&h, self.act)?;
-        Ok(self.conv_out.forward(&h)?)
+        self.conv_out.forward(&h)
     }
 }

@@ -39,7 +39,8 @@ impl PixelSelfAttention {
         let legacy = !vb.contains_tensor("to_q.weight") && vb.contains_tensor("query.weight");
         let names = if legacy { ["query", "key", "value", "proj_attn"] } else { ["to_q", "to_k", "to_v", "to_out.0"] };
         let proj = |name: &str| -> Result<Linear> { Ok(candle_nn::linear(channels, channels, vb.pp(name))?) };
-        let attention = Attention::from_projections(proj(names[0])?, proj(names[1])?, proj(names[2])?, proj(names[3])?, 1)?;
+        let attention =
+            Attention::from_projections(proj(names[0])?, proj(names[1])?, proj(names[2])?, proj(names[3])?, 1)?;
         Ok(Self { group_norm: GroupNorm::new(vb.pp("group_norm"), groups, channels, VAE_NORM_EPS)?, attention })
     }
 
@@ -60,13 +61,16 @@ pub(crate) struct VaeMidBlock {
 }
 
 impl VaeMidBlock {
-    pub(crate) fn new(vb: VarBuilder, channels: usize, groups: usize, act: Activation, add_attention: bool) -> Result<Self> {
+    pub(crate) fn new(
+        vb: VarBuilder,
+        channels: usize,
+        groups: usize,
+        act: Activation,
+        add_attention: bool,
+    ) -> Result<Self> {
         let cfg = vae_resnet(channels, channels, groups, act);
-        let attention = if add_attention {
-            Some(PixelSelfAttention::new(vb.pp("attentions.0"), channels, groups)?)
-        } else {
-            None
-        };
+        let attention =
+            if add_attention { Some(PixelSelfAttention::new(vb.pp("attentions.0"), channels, groups)?) } else { None };
         Ok(Self {
             first: ResnetBlock2D::new(vb.pp("resnets.0"), cfg)?,
             attention,
@@ -95,7 +99,9 @@ mod tests {
         let c = 4;
         let mut current = std::collections::HashMap::new();
         let mut legacy = std::collections::HashMap::new();
-        for (i, (new, old)) in [("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")].iter().enumerate() {
+        for (i, (new, old)) in
+            [("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")].iter().enumerate()
+        {
             let w = seeded(&[c, c], i as u64, &dev);
             let b = seeded(&[c], 10 + i as u64, &dev);
             current.insert(format!("{new}.weight"), w.clone());

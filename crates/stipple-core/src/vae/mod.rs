@@ -5,17 +5,19 @@ pub mod config;
 mod decoder;
 mod encoder;
 mod mid_block;
+pub mod stipple_vae;
 
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{Conv2d, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 pub use config::VaeConfig;
 use decoder::Decoder;
 use encoder::Encoder;
 
 use crate::model::Autoencoder;
+use crate::nn::conv2d::Conv2d;
 use crate::nn::loading::{diffusers_weight_files, open_safetensors, read_json_config};
 use crate::{Error, Result};
 
@@ -37,7 +39,7 @@ impl AutoencoderKL {
     pub fn new(vb: VarBuilder, config: &VaeConfig) -> Result<Self> {
         config.validate()?;
         let lc = config.latent_channels;
-        let pointwise = |c: usize, name: &str| -> Result<Conv2d> { Ok(candle_nn::conv2d(c, c, 1, Default::default(), vb.pp(name))?) };
+        let pointwise = |c: usize, name: &str| Conv2d::new(vb.pp(name), c, c, 1, 1, 0);
         Ok(Self {
             config: config.clone(),
             dtype: vb.dtype(),
@@ -55,7 +57,9 @@ impl AutoencoderKL {
         let files = diffusers_weight_files(dir)?;
         let vb = open_safetensors(&files, dtype, device)?;
         Self::new(vb, &config).map_err(|e| match e {
-            Error::Tensor(t) => Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display())),
+            Error::Tensor(t) => {
+                Error::invalid_file(&files[0], format!("weights do not match {}: {t}", config_path.display()))
+            }
             Error::Unsupported(msg) => Error::Unsupported(format!("{}: {msg}", config_path.display())),
             other => other,
         })
@@ -134,6 +138,29 @@ mod tests {
         assert_eq!(param_count(SD_VAE), 83_653_863);
         // FLUX: 16-channel latents, no quant convs.
         assert_eq!(param_count(FLUX_VAE), 83_819_683);
+    }
+
+    /// The tiny SD VAE of the reference vectors through the trait's `encode`/`decode`, with the
+    /// f32 CPU kernels and (in f64) the generic paths other devices use.
+    #[test]
+    fn tiny_reference_model_in_f32_and_f64() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors");
+        let load = |p: &str| candle_core::safetensors::load(root.join(p), &Device::Cpu).unwrap();
+        let enc = load("cases/vae_encode/vae_sd_tiny_encode.safetensors");
+        let dec = load("cases/vae_decode/vae_sd_tiny_decode.safetensors");
+        let check = |got: &Tensor, want: &Tensor, rel: f64, what: &str| {
+            let max_ref = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+            let err = crate::nn::test_support::max_abs_diff(got, want);
+            assert!(err <= 1e-6 + rel * max_ref, "{what}: {err}");
+        };
+        for dtype in [DType::F32, DType::F64] {
+            let vae = AutoencoderKL::load(&root.join("models/sd_tiny/vae"), dtype, &Device::Cpu).unwrap();
+            let (mean, logvar) = vae.encode_moments(&enc["image"]).unwrap();
+            check(&mean, &enc["mean"], 1.4e-5, "mean");
+            check(&logvar, &enc["logvar"], 1.4e-5, "logvar");
+            check(&vae.encode(&enc["image"], &enc["noise"]).unwrap(), &enc["latents"], 1.4e-5, "latents");
+            check(&vae.decode(&dec["latents"]).unwrap(), &dec["decoded"], 1e-5, "decoded");
+        }
     }
 
     #[test]

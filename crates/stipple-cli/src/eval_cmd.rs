@@ -1,0 +1,136 @@
+//! `stipple eval`: generate images for a prompt set and score them with the checker that reads
+//! the scene back (background, object colour, shape, size, 3x3 cell).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use stipple_core::image_io::RgbImage;
+use stipple_core::sampler::SamplerKind;
+use stipple_train::eval::{evaluate, full_prompts, Settings, ATTRIBUTES};
+
+use crate::user_error;
+
+/// Seed of the built-in prompt set.
+const PROMPT_SEED: u64 = 2024;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model folder.
+    #[arg(short = 'm', long, default_value = "models/stipple-default")]
+    model: PathBuf,
+    /// Prompts, one per line (default: the built-in set of prompts naming all five attributes).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Size of the built-in prompt set.
+    #[arg(long, default_value_t = 100)]
+    count: usize,
+    /// Sampler steps (default: the model's).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Guidance scale (default: the model's).
+    #[arg(long = "cfg-scale")]
+    cfg_scale: Option<f32>,
+    /// Sampler (default: the model's).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Save every image and a grid of the first 64 here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let prompts: Vec<String> = match &args.prompts {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the prompt file {}", path.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+        None => full_prompts(PROMPT_SEED, args.count),
+    };
+    anyhow::ensure!(!prompts.is_empty(), "no prompts to evaluate");
+    let model = stipple_core::loader::load_pipeline(&args.model, &Device::Cpu).map_err(user_error)?;
+    let d = model.pipeline.defaults;
+    let sampler: SamplerKind = match &args.sampler {
+        Some(s) => s.parse().map_err(user_error)?,
+        None => d.sampler,
+    };
+    let settings = Settings {
+        steps: args.steps.unwrap_or(d.steps),
+        cfg_scale: args.cfg_scale.unwrap_or(d.cfg_scale),
+        sampler,
+        seeds: args.seeds.max(1),
+        first_seed: args.first_seed,
+    };
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut images: Vec<RgbImage> = Vec::new();
+    let mut index = 0usize;
+    let report = evaluate(&model.pipeline, &prompts, settings, &mut |s| {
+        if let Some(dir) = &args.out {
+            let marks: String = s.correct.iter().map(|c| match c {
+                Some(true) => '+',
+                Some(false) => '-',
+                None => '.',
+            }).collect();
+            let path = dir.join(format!("{index:04}_{marks}.png"));
+            let _ = s.image.save_png(&path, &[("prompt", &s.prompt)]);
+            if images.len() < 64 {
+                images.push(s.image.clone());
+            }
+        }
+        index += 1;
+    })
+    .map_err(user_error)?;
+    if let Some(dir) = &args.out {
+        grid(&images, 8).save_png(&dir.join("grid.png"), &[]).map_err(user_error)?;
+    }
+    if args.json {
+        println!("{}", serde_json::json!({
+            "model": args.model, "steps": settings.steps, "cfg_scale": settings.cfg_scale, "sampler": settings.sampler.name(),
+            "images": report.images, "accuracy": report.accuracy(), "mean_seconds": report.mean_seconds,
+            "per_attribute": ATTRIBUTES.iter().zip(report.per_attribute).map(|(n, (c, a))| (n.to_string(), serde_json::json!([c, a]))).collect::<serde_json::Map<_, _>>(),
+        }));
+        return Ok(());
+    }
+    println!(
+        "{} images ({} prompts x {} seeds), {} steps {} cfg {}: {:.3} s per image",
+        report.images, prompts.len(), settings.seeds, settings.steps, settings.sampler, settings.cfg_scale, report.mean_seconds
+    );
+    for (name, (c, a)) in ATTRIBUTES.iter().zip(report.per_attribute) {
+        if a > 0 {
+            println!("  {name:<10} {:5.1}% ({c}/{a})", 100.0 * c as f64 / a as f64);
+        }
+    }
+    println!("  all        {:5.1}%", 100.0 * report.accuracy());
+    Ok(())
+}
+
+/// Images side by side, `cols` per row.
+fn grid(images: &[RgbImage], cols: usize) -> RgbImage {
+    let (w, h) = images.first().map(|i| (i.width, i.height)).unwrap_or((1, 1));
+    let rows = images.len().div_ceil(cols).max(1);
+    let (gw, gh) = (w * cols, h * rows);
+    let mut pixels = vec![0u8; gw * gh * 3];
+    for (k, img) in images.iter().enumerate() {
+        let (ox, oy) = ((k % cols) * w, (k / cols) * h);
+        for y in 0..h {
+            let src = &img.pixels[y * w * 3..(y + 1) * w * 3];
+            let start = ((oy + y) * gw + ox) * 3;
+            pixels[start..start + w * 3].copy_from_slice(src);
+        }
+    }
+    RgbImage { width: gw, height: gh, pixels }
+}

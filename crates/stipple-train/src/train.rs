@@ -1,0 +1,340 @@
+//! The two training stages and the loop they share.
+//!
+//! 1. Autoencoder: L1 reconstruction plus a small KL term on generated images; then the scale
+//!    and shift that give its latents zero mean and unit variance are measured.
+//! 2. Denoiser and text encoder, jointly: ε-prediction MSE on noised latents of generated images
+//!    at uniform timesteps of the scheduler's 1000-step schedule; the data's empty captions (10%)
+//!    train the unconditional branch classifier-free guidance uses.
+//!
+//! Each stage checkpoints every `checkpoint_every` steps and resumes from its checkpoint; the
+//! data, the noise and the initial weights are functions of the seed and the step, so a resumed
+//! run continues exactly where it stopped.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::json;
+use stipple_core::dit::stipple_dit::StippleDit;
+use stipple_core::model::Autoencoder;
+use stipple_core::schedule::{DiscreteSchedule, PredictionType, SchedulerConfig};
+use stipple_core::text::stipple_text::{word_level_tokenizer_json, StippleTextConfig, StippleTextModel, WordTokenizer};
+use stipple_core::vae::stipple_vae::{StippleAutoencoder, StippleVaeConfig};
+use stipple_core::{Error, Result};
+
+use crate::caption::VOCABULARY;
+use crate::config::{AutoencoderShape, Optimisation, TrainConfig};
+use crate::dataset::{batch, stream_seed};
+use crate::export::{self, NamedWeights};
+use crate::init::seeded_var_builder;
+use crate::optim::{learning_rate, AdamW, Ema, Params};
+use crate::rng::SplitMix64;
+use crate::state::{self, History};
+
+/// Losses shown while training are averaged over this many steps.
+const DISPLAY_WINDOW: usize = 20;
+/// The final loss reported for a stage is the mean over this many last steps (over the last
+/// fifth of shorter runs).
+const FINAL_WINDOW: usize = 100;
+/// The initial loss reported for a stage is the mean over this many first steps.
+pub const INITIAL_WINDOW: usize = 10;
+
+/// What the training loop reports.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A stage begins (`done` steps already taken by earlier sessions).
+    Stage { name: &'static str, steps: usize, done: usize, params: usize },
+    Step { name: &'static str, step: usize, steps: usize, loss: f32, lr: f64, items_per_sec: f64 },
+    Note(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Ignore existing checkpoints and start both stages over.
+    pub restart: bool,
+}
+
+/// The record of one stage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StageSummary {
+    pub name: &'static str,
+    pub params: usize,
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Wall time over all sessions.
+    pub seconds: f64,
+    /// Mean loss of the first [`INITIAL_WINDOW`] steps.
+    pub initial_loss: f32,
+    pub final_loss: f32,
+    pub items_per_sec: f64,
+    /// `(step, mean loss of the 50 steps ending there)`.
+    pub loss_curve: Vec<(usize, f32)>,
+}
+
+/// Run both stages and write the model folder; returns what happened.
+pub fn train(config: &TrainConfig, options: &Options, events: &mut dyn FnMut(Event)) -> Result<Vec<StageSummary>> {
+    export::write_pipeline_files(&config.output_dir, &config.scheduler, config.defaults)?;
+    let autoencoder = train_autoencoder(config, options, events)?;
+    let denoiser = train_denoiser(config, options, events)?;
+    let summaries = vec![autoencoder, denoiser];
+    export::write_json(
+        &config.output_dir.join("training_log.json"),
+        &json!({"seed": config.seed, "stages": summaries}),
+    )?;
+    Ok(summaries)
+}
+
+/// One stage's loop: `loss_at(step)` builds the loss of a step's batch.
+struct Stage<'a> {
+    name: &'static str,
+    optim: &'a Optimisation,
+    checkpoint: PathBuf,
+}
+
+impl Stage<'_> {
+    fn run(
+        &self,
+        params: &Params,
+        options: &Options,
+        events: &mut dyn FnMut(Event),
+        mut loss_at: impl FnMut(usize) -> Result<Tensor>,
+    ) -> Result<(Ema, StageSummary)> {
+        let o = self.optim;
+        let mut adam = AdamW::new(params);
+        let mut ema = Ema::new(params)?;
+        let mut history = History::default();
+        if !options.restart && self.checkpoint.is_file() {
+            history = state::load(&self.checkpoint, params, &mut adam, &mut ema)?;
+        }
+        if history.step() > o.steps {
+            return Err(Error::invalid_file(
+                &self.checkpoint,
+                format!("it is at step {} but the config asks for {}; delete it or raise the steps", history.step(), o.steps),
+            ));
+        }
+        events(Event::Stage { name: self.name, steps: o.steps, done: history.step(), params: params.count() });
+        let session = Instant::now();
+        let session_first = history.step();
+        for step in history.step()..o.steps {
+            let started = Instant::now();
+            let loss = loss_at(step)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(Error::Unsupported(format!(
+                    "the {} loss became {value} at step {step}; lower the learning rate in the training config",
+                    self.name
+                )));
+            }
+            let grads = loss.backward()?;
+            let lr = learning_rate(o, step);
+            adam.step(params, &grads, o, lr)?;
+            ema.update(params, o.ema_decay, step)?;
+            history.losses.push(value);
+            history.seconds += started.elapsed().as_secs_f64();
+            let done_here = step + 1 - session_first;
+            events(Event::Step {
+                name: self.name,
+                step: step + 1,
+                steps: o.steps,
+                loss: mean_tail(&history.losses, DISPLAY_WINDOW),
+                lr,
+                items_per_sec: (done_here * o.batch_size) as f64 / session.elapsed().as_secs_f64().max(1e-9),
+            });
+            if (step + 1) % o.checkpoint_every == 0 || step + 1 == o.steps {
+                state::save(&self.checkpoint, params, &adam, &ema, &history)?;
+            }
+        }
+        let summary = StageSummary {
+            name: self.name,
+            params: params.count(),
+            steps: o.steps,
+            batch_size: o.batch_size,
+            seconds: history.seconds,
+            initial_loss: mean_tail(&history.losses[..history.step().min(INITIAL_WINDOW)], INITIAL_WINDOW),
+            final_loss: mean_tail(&history.losses, FINAL_WINDOW.min(history.step() / 5).max(1)),
+            items_per_sec: (history.step() * o.batch_size) as f64 / history.seconds.max(1e-9),
+            loss_curve: history.losses.chunks(50).enumerate().map(|(i, c)| (i * 50 + c.len(), mean_tail(c, c.len()))).collect(),
+        };
+        Ok((ema, summary))
+    }
+}
+
+fn mean_tail(values: &[f32], n: usize) -> f32 {
+    let tail = &values[values.len().saturating_sub(n)..];
+    tail.iter().sum::<f32>() / tail.len().max(1) as f32
+}
+
+/// A `[shape]` tensor of standard normal noise drawn for `step` of the stream `seed`.
+fn normal(seed: u64, step: usize, shape: &[usize]) -> Result<Tensor> {
+    let mut rng = SplitMix64::for_item(seed, step as u64);
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+}
+
+fn vae_config(shape: &AutoencoderShape, scaling_factor: f64, shift_factor: f64) -> StippleVaeConfig {
+    StippleVaeConfig {
+        in_channels: 3,
+        latent_channels: shape.latent_channels,
+        pixel_block: shape.pixel_block,
+        channels: shape.channels.clone(),
+        encoder_blocks: shape.encoder_blocks,
+        decoder_blocks: shape.decoder_blocks,
+        norm_groups: shape.norm_groups,
+        scaling_factor,
+        shift_factor,
+    }
+}
+
+/// The EMA weights as named tensors.
+fn ema_weights(params: &Params, ema: &Ema) -> NamedWeights {
+    NamedWeights {
+        names: params.names.clone(),
+        shapes: params.vars.iter().map(|v| v.dims().to_vec()).collect(),
+        values: ema.shadow.clone(),
+    }
+}
+
+fn var_builder_of(weights: &NamedWeights) -> Result<VarBuilder<'static>> {
+    let mut map = HashMap::new();
+    for ((n, s), v) in weights.names.iter().zip(&weights.shapes).zip(&weights.values) {
+        map.insert(n.clone(), Tensor::from_slice(v, s.as_slice(), &Device::Cpu)?);
+    }
+    Ok(VarBuilder::from_tensors(map, DType::F32, &Device::Cpu))
+}
+
+/// `0.5 · mean(μ² + σ² − 1 − log σ²)`: the KL divergence of the posterior from N(0, 1) per element.
+fn kl_divergence(mean: &Tensor, logvar: &Tensor) -> Result<Tensor> {
+    let terms = ((mean.sqr()? + logvar.exp()?)? - logvar)?;
+    Ok(((terms - 1.0)?.mean_all()? * 0.5)?)
+}
+
+fn train_autoencoder(config: &TrainConfig, options: &Options, events: &mut dyn FnMut(Event)) -> Result<StageSummary> {
+    let ae = &config.autoencoder;
+    let shape = &ae.model;
+    let varmap = VarMap::new();
+    let untrained = vae_config(shape, 1.0, 0.0);
+    let vae = StippleAutoencoder::new(&untrained, seeded_var_builder(&varmap, stream_seed(config.seed, "autoencoder-init")))?;
+    let params = Params::of(&varmap);
+    let style = config.data.style();
+    let (data_seed, noise_seed) = (stream_seed(config.seed, "autoencoder-data"), stream_seed(config.seed, "autoencoder-noise"));
+    let bs = ae.optim.batch_size;
+    let stage = Stage { name: "autoencoder", optim: &ae.optim, checkpoint: config.checkpoint_dir.join("autoencoder.safetensors") };
+    let (ema, summary) = stage.run(&params, options, events, |step| {
+        let (images, _) = batch(data_seed, (step * bs) as u64, bs, style)?;
+        let (mean, logvar) = vae.encode_moments(&images)?;
+        let noise = normal(noise_seed, step, mean.dims())?;
+        let z = (&mean + (&logvar * 0.5)?.exp()?.mul(&noise)?)?;
+        let reconstruction = (vae.decode_raw(&z)? - &images)?.abs()?.mean_all()?;
+        Ok((reconstruction + (kl_divergence(&mean, &logvar)? * ae.kl_weight)?)?)
+    })?;
+
+    let weights = ema_weights(&params, &ema);
+    let trained = StippleAutoencoder::new(&untrained, var_builder_of(&weights)?)?;
+    let (shift, scale) = latent_statistics(&trained, stream_seed(config.seed, "latent-stats"), ae.latent_stats_images, style)?;
+    events(Event::Note(format!("autoencoder latents: shift {shift:.4}, scaling factor {scale:.4}")));
+    let final_config = vae_config(shape, scale, shift);
+    let config_json = serde_json::to_value(&final_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    export::write_component(
+        &config.output_dir.join("vae"),
+        "StippleAutoencoderKL",
+        &config_json,
+        "diffusion_pytorch_model.safetensors",
+        &weights,
+    )?;
+    Ok(summary)
+}
+
+/// Mean and `1 / std` of the posterior means over `n` images.
+fn latent_statistics(vae: &StippleAutoencoder, seed: u64, n: usize, style: crate::caption::CaptionStyle) -> Result<(f64, f64)> {
+    let (mut sum, mut sum_sq, mut count) = (0f64, 0f64, 0usize);
+    let mut start = 0;
+    while start < n {
+        let len = 32.min(n - start);
+        let (images, _) = batch(seed, start as u64, len, style)?;
+        let (mean, _) = vae.encode_moments(&images)?;
+        for v in mean.flatten_all()?.to_vec1::<f32>()? {
+            sum += v as f64;
+            sum_sq += (v as f64) * (v as f64);
+            count += 1;
+        }
+        start += len;
+    }
+    let mean = sum / count as f64;
+    let std = (sum_sq / count as f64 - mean * mean).max(1e-12).sqrt();
+    Ok((mean, 1.0 / std))
+}
+
+fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMut(Event)) -> Result<StageSummary> {
+    let dn = &config.denoiser;
+    let out = &config.output_dir;
+    let vae_weights = stipple_core::checkpoint::open_component(&out.join("vae"))?;
+    let vae_config: StippleVaeConfig = serde_json::from_value(vae_weights.config.clone())
+        .map_err(|e| Error::invalid_file(out.join("vae/config.json"), e.to_string()))?;
+    let vae = StippleAutoencoder::new(&vae_config, vae_weights.var_builder(DType::F32, &Device::Cpu))?;
+
+    let text_config = StippleTextConfig {
+        vocab_size: export::vocab_size(),
+        max_length: dn.text_encoder.max_length,
+        hidden_size: dn.text_encoder.hidden_size,
+        num_layers: dn.text_encoder.num_layers,
+        num_heads: dn.text_encoder.num_heads,
+        mlp_ratio: dn.text_encoder.mlp_ratio,
+    };
+    let tokenizer = WordTokenizer::from_json(&word_level_tokenizer_json(VOCABULARY), text_config.max_length, Path::new("tokenizer.json"))?;
+    let varmap = VarMap::new();
+    let vb = seeded_var_builder(&varmap, stream_seed(config.seed, "denoiser-init"));
+    let text = StippleTextModel::new(&text_config, vb.pp("text_encoder"))?;
+    let dit = StippleDit::new(&dn.model, vb.pp("transformer"))?;
+    let params = Params::of(&varmap);
+
+    let scheduler = SchedulerConfig::from_json_str(&config.scheduler.to_string())
+        .map_err(|e| Error::Unsupported(format!("the training config's scheduler: {e}")))?;
+    if scheduler.prediction() != PredictionType::Epsilon {
+        return Err(Error::Unsupported("the default model is trained for ε-prediction; set scheduler.prediction_type to \"epsilon\"".into()));
+    }
+    let schedule = DiscreteSchedule::from_config(&scheduler)?;
+    let signal: Vec<f32> = schedule.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
+    let noise_level: Vec<f32> = schedule.alphas_cumprod.iter().map(|a| (1.0 - a).sqrt()).collect();
+
+    let style = config.data.style();
+    let data_seed = stream_seed(config.seed, "denoiser-data");
+    let noise_seed = stream_seed(config.seed, "denoiser-noise");
+    let bs = dn.optim.batch_size;
+    let (scale, shift) = (vae.scaling_factor(), vae.shift_factor().unwrap_or(0.0));
+    let stage = Stage { name: "denoiser", optim: &dn.optim, checkpoint: config.checkpoint_dir.join("denoiser.safetensors") };
+    let (ema, summary) = stage.run(&params, options, events, |step| {
+        let (images, captions) = batch(data_seed, (step * bs) as u64, bs, style)?;
+        let (mean, logvar) = vae.encode_moments(&images)?;
+        let shape = mean.dims().to_vec();
+        let mut rng = SplitMix64::for_item(noise_seed, step as u64);
+        let timesteps: Vec<usize> = (0..bs).map(|_| rng.below(schedule.len())).collect();
+        let posterior = normal(noise_seed ^ 1, step, &shape)?;
+        let eps = normal(noise_seed ^ 2, step, &shape)?;
+        let z = (&mean + (&logvar * 0.5)?.exp()?.mul(&posterior)?)?;
+        let latents = ((z - shift)? * scale)?;
+        let per_sample = |v: &[f32]| Tensor::from_vec(timesteps.iter().map(|&t| v[t]).collect::<Vec<_>>(), (bs, 1, 1, 1), &Device::Cpu);
+        let noisy = (latents.broadcast_mul(&per_sample(&signal)?)? + eps.broadcast_mul(&per_sample(&noise_level)?)?)?;
+        let caption_refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let ids = tokenizer.encode_batch(&caption_refs, &Device::Cpu)?;
+        let (context, pooled) = text.forward(&ids)?;
+        let t = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), bs, &Device::Cpu)?;
+        let predicted = dit.forward_eps(&noisy, &t, &context, &pooled)?;
+        Ok((predicted - eps)?.sqr()?.mean_all()?)
+    })?;
+
+    let weights = ema_weights(&params, &ema);
+    let text_json = serde_json::to_value(&text_config).map_err(|e| Error::Unsupported(e.to_string()))?;
+    export::write_component(&out.join("text_encoder"), "StippleTextEncoder", &text_json, "model.safetensors", &weights.with_prefix("text_encoder"))?;
+    let dit_json = serde_json::to_value(&dn.model).map_err(|e| Error::Unsupported(e.to_string()))?;
+    export::write_component(
+        &out.join("transformer"),
+        "StippleDiT",
+        &dit_json,
+        "diffusion_pytorch_model.safetensors",
+        &weights.with_prefix("transformer"),
+    )?;
+    Ok(summary)
+}
