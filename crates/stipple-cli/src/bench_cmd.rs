@@ -13,6 +13,9 @@ use stipple_core::unet::{UNet2DConditionModel, UNetConfig};
 pub enum Bench {
     /// One SD 1.5 UNet forward pass (CFG batch 2, f32) per run, at each image size.
     Unet(UnetArgs),
+    /// FLUX.1-schnell- and SD3-medium-size transformers: per-step time and peak memory per weight
+    /// format, extrapolated from cut-down networks at real width.
+    Dit(crate::bench_dit::DitArgs),
 }
 
 #[derive(clap::Args)]
@@ -31,6 +34,7 @@ pub struct UnetArgs {
 pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Unet(args) => unet(args),
+        Bench::Dit(args) => crate::bench_dit::run(args),
     }
 }
 
@@ -79,13 +83,5 @@ fn unet(args: UnetArgs) -> anyhow::Result<()> {
 
 /// Peak resident memory of this process so far (Linux `VmHWM`), in MB; 0 where unknown.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
+    crate::bench_dit::proc_status_mb("VmHWM:")
 }

@@ -1,6 +1,7 @@
 //! The `stipple` command.
 
 mod bench_cmd;
+mod bench_dit;
 mod conformance_cmd;
 mod eval_cmd;
 mod generate_cmd;

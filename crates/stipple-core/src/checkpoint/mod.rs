@@ -49,7 +49,7 @@ pub use gguf::{GgufFile, TensorSpec};
 pub use gguf_weights::{GgufArchitecture, GgufWeights};
 pub use quantize::{quantize_transformer, QuantType, QuantizeReport};
 pub use convert::to_single_file;
-pub use random::RandomWeights;
+pub use random::{ParameterCount, RandomWeights};
 pub use original_layout::Family;
 pub use safetensors_file::{SafetensorsFile, TensorInfo, MAX_HEADER_BYTES};
 pub use safetensors_writer::{write_safetensors, PlannedTensor};

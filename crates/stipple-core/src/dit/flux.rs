@@ -395,6 +395,21 @@ impl Denoiser for FluxTransformer {
     }
 }
 
+/// black-forest-labs/FLUX.1-schnell, `transformer/config.json` (for benchmarks at real size).
+pub const FLUX_SCHNELL_CONFIG: &str = r#"{
+  "_class_name": "FluxTransformer2DModel",
+  "_diffusers_version": "0.30.0.dev0",
+  "attention_head_dim": 128,
+  "guidance_embeds": false,
+  "in_channels": 64,
+  "joint_attention_dim": 4096,
+  "num_attention_heads": 24,
+  "num_layers": 19,
+  "num_single_layers": 38,
+  "patch_size": 1,
+  "pooled_projection_dim": 768
+}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,20 +418,6 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/models").join(name)
     }
 
-    // black-forest-labs/FLUX.1-schnell, transformer/config.json.
-    const SCHNELL: &str = r#"{
-      "_class_name": "FluxTransformer2DModel",
-      "_diffusers_version": "0.30.0.dev0",
-      "attention_head_dim": 128,
-      "guidance_embeds": false,
-      "in_channels": 64,
-      "joint_attention_dim": 4096,
-      "num_attention_heads": 24,
-      "num_layers": 19,
-      "num_single_layers": 38,
-      "patch_size": 1,
-      "pooled_projection_dim": 768
-    }"#;
 
     // black-forest-labs/FLUX.1-dev, transformer/config.json.
     const DEV: &str = r#"{
@@ -437,7 +438,7 @@ mod tests {
     #[test]
     fn published_schnell_and_dev_configs_parse_with_diffusers_defaults() {
         let p = Path::new("transformer/config.json");
-        let schnell = FluxConfig::from_json(SCHNELL, p).unwrap();
+        let schnell = FluxConfig::from_json(FLUX_SCHNELL_CONFIG, p).unwrap();
         assert!(!schnell.guidance_embeds);
         assert_eq!((schnell.num_layers, schnell.num_single_layers, schnell.inner_dim()), (19, 38, 3072));
         assert_eq!(schnell.axes_dims_rope, vec![16, 56, 56], "absent key: diffusers' default");

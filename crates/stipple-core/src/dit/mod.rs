@@ -12,8 +12,8 @@ pub mod rope;
 pub mod sd3;
 pub mod stipple_dit;
 
-pub use flux::{FluxConfig, FluxInputs, FluxTransformer, DEFAULT_FLUX_GUIDANCE};
-pub use sd3::{Sd3Config, Sd3Transformer};
+pub use flux::{FluxConfig, FluxInputs, FluxTransformer, DEFAULT_FLUX_GUIDANCE, FLUX_SCHNELL_CONFIG};
+pub use sd3::{Sd3Config, Sd3Transformer, SD3_MEDIUM_CONFIG};
 
 use candle_core::Tensor;
 

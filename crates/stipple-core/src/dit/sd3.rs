@@ -314,6 +314,24 @@ impl Denoiser for Sd3Transformer {
     }
 }
 
+/// stabilityai/stable-diffusion-3-medium-diffusers, `transformer/config.json` (for benchmarks at
+/// real size).
+pub const SD3_MEDIUM_CONFIG: &str = r#"{
+  "_class_name": "SD3Transformer2DModel",
+  "_diffusers_version": "0.29.0.dev0",
+  "attention_head_dim": 64,
+  "caption_projection_dim": 1536,
+  "in_channels": 16,
+  "joint_attention_dim": 4096,
+  "num_attention_heads": 24,
+  "num_layers": 24,
+  "out_channels": 16,
+  "patch_size": 2,
+  "pooled_projection_dim": 2048,
+  "pos_embed_max_size": 192,
+  "sample_size": 128
+}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,26 +341,10 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/models/sd3_tiny")
     }
 
-    // stabilityai/stable-diffusion-3-medium-diffusers, transformer/config.json.
-    const SD3_MEDIUM: &str = r#"{
-      "_class_name": "SD3Transformer2DModel",
-      "_diffusers_version": "0.29.0.dev0",
-      "attention_head_dim": 64,
-      "caption_projection_dim": 1536,
-      "in_channels": 16,
-      "joint_attention_dim": 4096,
-      "num_attention_heads": 24,
-      "num_layers": 24,
-      "out_channels": 16,
-      "patch_size": 2,
-      "pooled_projection_dim": 2048,
-      "pos_embed_max_size": 192,
-      "sample_size": 128
-    }"#;
 
     #[test]
     fn published_sd3_medium_config_parses_with_diffusers_defaults() {
-        let c = Sd3Config::from_json(SD3_MEDIUM, Path::new("transformer/config.json")).unwrap();
+        let c = Sd3Config::from_json(SD3_MEDIUM_CONFIG, Path::new("transformer/config.json")).unwrap();
         assert_eq!((c.inner_dim(), c.num_layers, c.patch_size), (1536, 24, 2));
         assert_eq!((c.in_channels, c.out_channels(), c.pos_embed_max_size), (16, 16, Some(192)));
         assert_eq!((c.joint_attention_dim, c.pooled_projection_dim, c.sample_size), (4096, 2048, 128));

@@ -8,6 +8,6 @@ pub mod norm;
 pub mod weights;
 
 pub use attention::{merge_heads, scaled_dot_product_attention, split_heads};
-pub use linear::{Linear, LinearWeight};
+pub use linear::{Linear, LinearFormat, LinearWeight, DEQUANTIZE_FROM_ROWS};
 pub use norm::{LayerNorm, RmsNorm};
-pub use weights::{linear, LinearSource, ModelWeights};
+pub use weights::{linear, linear_no_bias, LinearSource, ModelWeights};

@@ -76,6 +76,11 @@ impl ModelWeights {
         Ok(Linear::new(self.linear_weight(in_dim, out_dim)?, Some(self.vb.get(out_dim, "bias")?)))
     }
 
+    /// The linear layer at this prefix without a bias.
+    pub fn linear_no_bias(&self, in_dim: usize, out_dim: usize) -> candle_core::Result<Linear> {
+        Ok(Linear::new(self.linear_weight(in_dim, out_dim)?, None))
+    }
+
     fn linear_weight(&self, in_dim: usize, out_dim: usize) -> candle_core::Result<LinearWeight> {
         if let Some(source) = &self.linears {
             let path = self.vb.prefix();
@@ -93,4 +98,9 @@ impl ModelWeights {
 /// `ModelWeights::linear` as a function, in the shape of `candle_nn::linear`.
 pub fn linear(in_dim: usize, out_dim: usize, weights: ModelWeights) -> candle_core::Result<Linear> {
     weights.linear(in_dim, out_dim)
+}
+
+/// `ModelWeights::linear_no_bias` as a function, in the shape of `candle_nn::linear_no_bias`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, weights: ModelWeights) -> candle_core::Result<Linear> {
+    weights.linear_no_bias(in_dim, out_dim)
 }

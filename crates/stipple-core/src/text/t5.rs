@@ -8,10 +8,10 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::Embedding;
 use serde::Deserialize;
 
-use crate::layers::{merge_heads, scaled_dot_product_attention, split_heads, RmsNorm};
+use crate::layers::{linear_no_bias, merge_heads, scaled_dot_product_attention, split_heads, Linear, ModelWeights, RmsNorm};
 use crate::{Error, Result};
 
 /// The activation of the feed-forward block (`dense_act_fn`).
@@ -192,13 +192,13 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(c: &T5Config, vb: VarBuilder) -> candle_core::Result<SelfAttention> {
+    fn load(c: &T5Config, vb: ModelWeights) -> candle_core::Result<SelfAttention> {
         let inner = c.inner_dim();
         Ok(SelfAttention {
-            q: candle_nn::linear_no_bias(c.d_model, inner, vb.pp("q"))?,
-            k: candle_nn::linear_no_bias(c.d_model, inner, vb.pp("k"))?,
-            v: candle_nn::linear_no_bias(c.d_model, inner, vb.pp("v"))?,
-            o: candle_nn::linear_no_bias(inner, c.d_model, vb.pp("o"))?,
+            q: linear_no_bias(c.d_model, inner, vb.pp("q"))?,
+            k: linear_no_bias(c.d_model, inner, vb.pp("k"))?,
+            v: linear_no_bias(c.d_model, inner, vb.pp("v"))?,
+            o: linear_no_bias(inner, c.d_model, vb.pp("o"))?,
             num_heads: c.num_heads,
         })
     }
@@ -220,16 +220,16 @@ enum FeedForward {
 }
 
 impl FeedForward {
-    fn load(c: &T5Config, vb: VarBuilder) -> candle_core::Result<FeedForward> {
-        let wo = candle_nn::linear_no_bias(c.d_ff, c.d_model, vb.pp("wo"))?;
+    fn load(c: &T5Config, vb: ModelWeights) -> candle_core::Result<FeedForward> {
+        let wo = linear_no_bias(c.d_ff, c.d_model, vb.pp("wo"))?;
         Ok(if c.gated {
             FeedForward::Gated {
-                wi_0: candle_nn::linear_no_bias(c.d_model, c.d_ff, vb.pp("wi_0"))?,
-                wi_1: candle_nn::linear_no_bias(c.d_model, c.d_ff, vb.pp("wi_1"))?,
+                wi_0: linear_no_bias(c.d_model, c.d_ff, vb.pp("wi_0"))?,
+                wi_1: linear_no_bias(c.d_model, c.d_ff, vb.pp("wi_1"))?,
                 wo,
             }
         } else {
-            FeedForward::Plain { wi: candle_nn::linear_no_bias(c.d_model, c.d_ff, vb.pp("wi"))?, wo }
+            FeedForward::Plain { wi: linear_no_bias(c.d_model, c.d_ff, vb.pp("wi"))?, wo }
         })
     }
 
@@ -252,12 +252,12 @@ struct Block {
 }
 
 impl Block {
-    fn load(c: &T5Config, vb: VarBuilder) -> candle_core::Result<Block> {
+    fn load(c: &T5Config, vb: ModelWeights) -> candle_core::Result<Block> {
         let eps = c.layer_norm_epsilon;
         Ok(Block {
-            attention_norm: RmsNorm::load(c.d_model, eps, vb.pp("layer.0.layer_norm"))?,
+            attention_norm: RmsNorm::load(c.d_model, eps, vb.pp("layer.0.layer_norm").vb().clone())?,
             attention: SelfAttention::load(c, vb.pp("layer.0.SelfAttention"))?,
-            feed_forward_norm: RmsNorm::load(c.d_model, eps, vb.pp("layer.1.layer_norm"))?,
+            feed_forward_norm: RmsNorm::load(c.d_model, eps, vb.pp("layer.1.layer_norm").vb().clone())?,
             feed_forward: FeedForward::load(c, vb.pp("layer.1.DenseReluDense"))?,
         })
     }
@@ -301,7 +301,8 @@ impl T5EncoderModel {
 
     /// Build from a config and weights under transformers' key names: `encoder.*` plus the token
     /// embedding as `encoder.embed_tokens.weight` or, tied, `shared.weight`.
-    pub fn new(config: T5Config, vb: VarBuilder) -> Result<T5EncoderModel> {
+    pub fn new(config: T5Config, weights: impl Into<ModelWeights>) -> Result<T5EncoderModel> {
+        let vb: ModelWeights = weights.into();
         let c = &config;
         let embedding_key = ["encoder.embed_tokens.weight", "shared.weight"]
             .into_iter()
@@ -321,7 +322,7 @@ impl T5EncoderModel {
         let blocks = (0..c.num_layers)
             .map(|i| Block::load(c, encoder.pp(format!("block.{i}"))))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let final_layer_norm = RmsNorm::load(c.d_model, c.layer_norm_epsilon, encoder.pp("final_layer_norm"))?;
+        let final_layer_norm = RmsNorm::load(c.d_model, c.layer_norm_epsilon, encoder.pp("final_layer_norm").vb().clone())?;
         Ok(T5EncoderModel { config, embed_tokens, relative_attention_bias, blocks, final_layer_norm })
     }
 
@@ -465,13 +466,13 @@ mod tests {
             let wi_0 = w.remove(&format!("encoder.block.{i}.layer.1.DenseReluDense.wi_0.weight")).unwrap();
             w.insert(format!("encoder.block.{i}.layer.1.DenseReluDense.wi.weight"), wi_0);
         }
-        let model = T5EncoderModel::new(c, VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
+        let model = T5EncoderModel::new(c, candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
         let out = model.forward(&ids(&[&[5, 6, 7, 1]])).unwrap();
         assert_eq!(out.hidden_states.len(), 3);
         // With the gated weights' keys present only, the plain variant refuses to load.
         let err = T5EncoderModel::new(
             T5Config { gated: false, ..tiny_config() },
-            VarBuilder::from_tensors(tiny_weights(), DType::F32, &Device::Cpu),
+            candle_nn::VarBuilder::from_tensors(tiny_weights(), DType::F32, &Device::Cpu),
         );
         assert!(err.is_err());
     }
@@ -481,7 +482,7 @@ mod tests {
         let mut w = tiny_weights();
         let shared = w["shared.weight"].clone();
         w.insert("encoder.embed_tokens.weight".into(), (&shared * 2.0).unwrap());
-        let both = T5EncoderModel::new(tiny_config(), VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
+        let both = T5EncoderModel::new(tiny_config(), candle_nn::VarBuilder::from_tensors(w, DType::F32, &Device::Cpu)).unwrap();
         let x = ids(&[&[5, 6, 1]]);
         let emb = both.forward(&x).unwrap().hidden_states[0].clone();
         let expect = shared.index_select(&Tensor::new(&[5u32, 6, 1], &Device::Cpu).unwrap(), 0).unwrap();
@@ -489,7 +490,7 @@ mod tests {
 
         let mut none = tiny_weights();
         none.remove("shared.weight");
-        let err = T5EncoderModel::new(tiny_config(), VarBuilder::from_tensors(none, DType::F32, &Device::Cpu));
+        let err = T5EncoderModel::new(tiny_config(), candle_nn::VarBuilder::from_tensors(none, DType::F32, &Device::Cpu));
         assert!(err.err().unwrap().to_string().contains("shared.weight"));
     }
 
