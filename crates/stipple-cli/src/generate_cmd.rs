@@ -28,7 +28,8 @@ pub struct Args {
     #[arg(short = 'm', long)]
     model: PathBuf,
     /// FLUX / SD3: transformer weights to use instead of the model folder's — a GGUF file
-    /// (q8_0 / q4_0 / f16 ..., diffusers' or FLUX's original layout) or a .safetensors file.
+    /// (q8_0 / q4_0 / f16 ...) or a .safetensors file, in diffusers' layout or FLUX's original
+    /// one (Black Forest Labs' release files, the community's GGUF files).
     #[arg(long)]
     transformer: Option<PathBuf>,
     /// Sampler steps (default: the model's).

@@ -15,12 +15,11 @@
 //! folder without `text_encoder_3` gets diffusers' zero T5 features.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::checkpoint::{self, ComponentWeights, GgufArchitecture, GgufFile, GgufWeights, PipelineSource, SafetensorsFile, WeightStore};
+use crate::checkpoint::{self, ComponentWeights, GgufFile, PipelineSource, TransformerArchitecture, TransformerFile};
 use crate::dit::{FluxConfig, FluxTransformer, Sd3Config, Sd3Transformer};
 use crate::layers::ModelWeights;
 use crate::model::{Denoiser, TextEncoder};
@@ -214,9 +213,10 @@ fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
 /// Choices about how a model is loaded.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Transformer weights to use instead of the folder's (FLUX and SD3): a GGUF file (diffusers'
-    /// layout as `stipple quantize` writes it, or FLUX's original layout; quantized or float) or a
-    /// diffusers-layout `.safetensors` file. The folder still gives the config and the other parts.
+    /// Transformer weights to use instead of the folder's (FLUX and SD3): a GGUF or `.safetensors`
+    /// file in diffusers' layout (as `stipple quantize` writes it) or FLUX's original one (Black
+    /// Forest Labs' release files, the community's GGUF files); quantized or float. The folder
+    /// still gives the config and the other parts.
     pub transformer: Option<PathBuf>,
 }
 
@@ -227,8 +227,15 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 /// [`load_pipeline`] with options.
 pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
-    if path.is_file() && GgufFile::is_gguf(path) {
-        return Err(refuse_gguf_as_model(path));
+    if path.is_file() {
+        // A lone transformer (GGUF, or BFL's / diffusers' transformer-only safetensors) is not a
+        // pipeline; anything else goes on to the single-file checkpoint reader.
+        if GgufFile::is_gguf(path) {
+            return Err(refuse_transformer_as_model(&TransformerFile::open(path)?));
+        }
+        if let Ok(file) = TransformerFile::open(path) {
+            return Err(refuse_transformer_as_model(&file));
+        }
     }
     let source = checkpoint::open_pipeline(path)?;
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
@@ -336,58 +343,31 @@ fn transformer_weights(
     dtype: DType,
     device: &Device,
 ) -> Result<ModelWeights> {
-    let Some(file) = &options.transformer else {
+    let Some(path) = &options.transformer else {
         return Ok(source.model("transformer")?.model_weights(dtype, device));
     };
-    if GgufFile::is_gguf(file) {
-        let weights = GgufWeights::open(file)?;
-        let holds = match weights.architecture() {
-            GgufArchitecture::Flux => ModelFamily::Flux,
-            GgufArchitecture::Sd3 => ModelFamily::Sd3,
-        };
-        if holds != family {
-            return Err(Error::invalid_file(
-                file,
-                format!(
-                    "holds a {} transformer, but {} is a {} pipeline",
-                    holds.name(),
-                    source.origin.display(),
-                    family.name()
-                ),
-            ));
-        }
-        return Ok(weights.model_weights(dtype, device));
+    let file = TransformerFile::open(path)?;
+    let holds = match file.architecture() {
+        TransformerArchitecture::Flux => ModelFamily::Flux,
+        TransformerArchitecture::Sd3 => ModelFamily::Sd3,
+    };
+    if holds != family {
+        return Err(Error::invalid_file(
+            path,
+            format!("holds a {} transformer, but {} is a {} pipeline", holds.name(), source.origin.display(), family.name()),
+        ));
     }
-    let store = WeightStore::whole_file(
-        Arc::new(SafetensorsFile::open(file)?),
-        format!("transformer weights in {}", file.display()),
-    )?;
-    Ok(ModelWeights::new(store.var_builder(dtype, device), Arc::new(store)))
+    Ok(file.model_weights(dtype, device))
 }
 
-/// A GGUF file given as the model: recognised, and pointed to `--transformer`.
-fn refuse_gguf_as_model(path: &Path) -> Error {
-    let what = match GgufWeights::open(path) {
-        Ok(w) => {
-            let types: Vec<String> = w.type_counts().into_iter().map(|(t, n)| format!("{n} {t}")).collect();
-            format!(
-                "a {} transformer in GGUF ({}{})",
-                match w.architecture() {
-                    GgufArchitecture::Flux => "FLUX.1",
-                    GgufArchitecture::Sd3 => "SD3",
-                },
-                types.join(", "),
-                if w.original_layout() { ", original BFL layout" } else { "" }
-            )
-        }
-        Err(e) => return e,
-    };
+/// A lone transformer file given as the model: recognised, and pointed to `--transformer`.
+fn refuse_transformer_as_model(file: &TransformerFile) -> Error {
+    let path = file.path().display();
     Error::Unsupported(format!(
-        "{} is {what}: a GGUF file holds only the transformer. Give the model's diffusers folder (for its config, \
-         text encoders, VAE and scheduler) as the model and this file as the transformer \
-         (`stipple generate --model FOLDER --transformer {}`)",
-        path.display(),
-        path.display()
+        "{path} is {}: it holds only the transformer. Give the model's diffusers folder (for its config, text \
+         encoders, VAE and scheduler) as the model and this file as the transformer \
+         (`stipple generate --model FOLDER --transformer {path}`)",
+        file.description()
     ))
 }
 

@@ -3,9 +3,8 @@
 //! linear weights quantized (multiplied by candle's q8_0 / q4_0 ... kernels) and bf16 / f16 ones
 //! in their stored dtype.
 //!
-//! Layouts recognised by their tensor names, with or without stable-diffusion.cpp's
-//! `model.diffusion_model.` prefix: diffusers' own (what `stipple quantize` writes) and Black
-//! Forest Labs' original FLUX layout (the community's FLUX GGUF files; see `flux_layout.rs`).
+//! Layouts are recognised by `transformer_file.rs`: diffusers' own (what `stipple quantize`
+//! writes) and Black Forest Labs' original FLUX layout (the community's FLUX GGUF files).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,20 +15,11 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 
-use super::flux_layout::{self, RowSelect};
+use super::flux_layout::RowSelect;
 use super::gguf::{float_dtype, GgufFile};
+use super::transformer_file::{TransformerArchitecture, TransformerLayout};
 use crate::layers::{LinearSource, LinearWeight, ModelWeights};
 use crate::{Error, Result};
-
-/// Prefixes some GGUF writers put before the transformer's names.
-const PREFIXES: [&str; 2] = ["model.diffusion_model.", "diffusion_model."];
-
-/// The transformer architecture a GGUF file holds, by its names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GgufArchitecture {
-    Flux,
-    Sd3,
-}
 
 /// A transformer's weights in a GGUF file.
 #[derive(Clone)]
@@ -37,7 +27,7 @@ pub struct GgufWeights {
     file: Arc<GgufFile>,
     /// diffusers name → stored name and rows.
     entries: BTreeMap<String, (String, RowSelect)>,
-    architecture: GgufArchitecture,
+    architecture: TransformerArchitecture,
     original_layout: bool,
 }
 
@@ -45,46 +35,17 @@ impl GgufWeights {
     /// Open a GGUF transformer file and map its names.
     pub fn open(path: &Path) -> Result<GgufWeights> {
         let file = Arc::new(GgufFile::open(path)?);
-        let prefix = PREFIXES
-            .into_iter()
-            .find(|p| file.tensors().keys().any(|k| k.starts_with(p)))
-            .unwrap_or("");
-        let rows_of = |name: &str| file.rows_of(&format!("{prefix}{name}"));
-        let mut entries = BTreeMap::new();
-        let (architecture, original_layout) = if rows_of(flux_layout::MARKER).is_some() {
-            for m in flux_layout::flux_original(&rows_of)? {
-                entries.insert(m.model, (format!("{prefix}{}", m.stored), m.rows));
-            }
-            (GgufArchitecture::Flux, true)
-        } else if rows_of("transformer_blocks.0.attn.to_q.weight").is_some() {
-            for name in file.tensors().keys() {
-                if let Some(model) = name.strip_prefix(prefix) {
-                    entries.insert(model.to_string(), (name.clone(), RowSelect::All));
-                }
-            }
-            let flux = rows_of("single_transformer_blocks.0.proj_mlp.weight").is_some() || rows_of("x_embedder.weight").is_some();
-            (if flux { GgufArchitecture::Flux } else { GgufArchitecture::Sd3 }, false)
-        } else if rows_of("joint_blocks.0.x_block.attn.qkv.weight").is_some() {
-            return Err(Error::Unsupported(format!(
-                "{} holds an SD3 transformer in Stability's original layout (`joint_blocks.*`), which Stipple does not \
-                 read; quantize the diffusers transformer with `stipple quantize MODEL/transformer OUT.gguf --type q8_0`",
-                path.display()
-            )));
-        } else {
-            let sample: Vec<&str> = file.tensors().keys().take(4).map(String::as_str).collect();
-            return Err(Error::invalid_file(
-                path,
-                format!(
-                    "not a FLUX or SD3 transformer (tensors like {}); Stipple reads GGUF transformers in diffusers' layout \
-                     or FLUX's original one (`double_blocks.*`)",
-                    sample.join(", ")
-                ),
-            ));
-        };
-        Ok(GgufWeights { file, entries, architecture, original_layout })
+        let layout =
+            TransformerLayout::recognise(path, file.tensors().keys().map(String::as_str), &|name| file.rows_of(name))?;
+        Ok(GgufWeights {
+            file,
+            entries: layout.entries,
+            architecture: layout.architecture,
+            original_layout: layout.original,
+        })
     }
 
-    pub fn architecture(&self) -> GgufArchitecture {
+    pub fn architecture(&self) -> TransformerArchitecture {
         self.architecture
     }
 
@@ -197,7 +158,7 @@ impl LinearSource for GgufWeights {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::gguf::{write_gguf, TensorSpec};
     use crate::checkpoint::quantize::tests::{denoise, flux, relative_error, transformer_dir};
@@ -207,7 +168,7 @@ mod tests {
 
     /// The tiny FLUX-dev transformer's diffusers tensors rearranged into BFL's original layout,
     /// following diffusers' `convert_flux_transformer_checkpoint_to_diffusers` backwards.
-    fn to_original_layout(w: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    pub(crate) fn to_original_layout(w: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         let get = |n: &str| w.get(n).unwrap_or_else(|| panic!("no {n}")).clone();
         let cat = |names: &[String]| Tensor::cat(&names.iter().map(|n| get(n)).collect::<Vec<_>>(), 0).unwrap();
@@ -290,7 +251,7 @@ mod tests {
         let f32_file = dir.path().join("bfl_f32.gguf");
         write_original(&f32_file, &original, GgmlDType::F32);
         let weights = GgufWeights::open(&f32_file).unwrap();
-        assert!(weights.original_layout() && weights.architecture() == GgufArchitecture::Flux);
+        assert!(weights.original_layout() && weights.architecture() == TransformerArchitecture::Flux);
         let reference = denoise(&flux(candle_nn::VarBuilder::from_tensors(diffusers, DType::F32, &dev)), 96, 32, 3);
         let from_original = denoise(&flux(weights.model_weights(DType::F32, &dev)), 96, 32, 3);
         assert!(relative_error(&from_original, &reference) < 1e-6);

@@ -32,6 +32,7 @@ pub mod flux_layout;
 pub mod gguf;
 mod gguf_weights;
 mod quantize;
+mod transformer_file;
 mod key_rules;
 mod original_layout;
 mod pickle;
@@ -46,7 +47,8 @@ use std::path::Path;
 
 pub use config_json::{number as config_number, parse_config, read_config};
 pub use gguf::{GgufFile, TensorSpec};
-pub use gguf_weights::{GgufArchitecture, GgufWeights};
+pub use gguf_weights::GgufWeights;
+pub use transformer_file::{TransformerArchitecture, TransformerFile};
 pub use quantize::{quantize_transformer, QuantType, QuantizeReport};
 pub use convert::to_single_file;
 pub use random::{ParameterCount, RandomWeights};

@@ -28,6 +28,9 @@ pub enum Transform {
     Reshape(Vec<usize>),
     /// A 2-D transpose.
     Transpose,
+    /// The second half of the rows, then the first (BFL's `shift, scale` modulation read as
+    /// diffusers' `scale, shift`).
+    SwapHalves,
 }
 
 impl Transform {
@@ -49,6 +52,10 @@ impl Transform {
             Transform::Transpose => match stored {
                 [a, b] => Ok(vec![*b, *a]),
                 _ => Err(format!("cannot transpose a tensor of shape {stored:?} (not 2-D)")),
+            },
+            Transform::SwapHalves => match stored.first() {
+                Some(rows) if rows % 2 == 0 => Ok(stored.to_vec()),
+                _ => Err(format!("cannot swap the halves of a tensor of shape {stored:?}")),
             },
         }
     }
@@ -213,6 +220,11 @@ impl WeightStore {
             Transform::Transpose => {
                 Tensor::from_raw_buffer(bytes, info.dtype, &info.shape, device)?.t()?.contiguous()?
             }
+            Transform::SwapHalves => {
+                let half = bytes.len() / 2;
+                let swapped = [&bytes[half..], &bytes[..half]].concat();
+                Tensor::from_raw_buffer(&swapped, info.dtype, &entry.shape, device)?
+            }
         };
         Ok(tensor.to_dtype(dtype)?)
     }
@@ -314,6 +326,7 @@ mod tests {
             ("lin", "conv", Transform::Reshape(vec![3, 4])),
             ("t", "fused", Transform::Transpose),
             ("same", "fused", Transform::Identity),
+            ("swapped", "fused", Transform::SwapHalves),
         ]);
         let k = store.load("k", DType::F32, &Device::Cpu).unwrap();
         assert_eq!(k.dims(), &[2, 2]);
@@ -324,6 +337,8 @@ mod tests {
         assert_eq!(values(&t)[..3], [0., 2., 4.]);
         let h = store.load("same", DType::F16, &Device::Cpu).unwrap();
         assert_eq!(h.dtype(), DType::F16);
+        let s = store.load("swapped", DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(values(&s), [6., 7., 8., 9., 10., 11., 0., 1., 2., 3., 4., 5.]);
     }
 
     #[test]
