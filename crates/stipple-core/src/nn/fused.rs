@@ -1,6 +1,7 @@
 //! Fused CPU kernels, with backward passes, for the elementwise work of training: SiLU,
-//! normalisation and softmax over the last dimension, and scale-and-shift by broadcast
-//! parameters (biases, norm affines, adaLN modulation).
+//! normalisation and softmax over the last dimension, scale-and-shift by broadcast parameters
+//! (biases, norm affines, adaLN modulation), and the im2col / col2im pair that turns
+//! convolutions into matmuls in both directions.
 //!
 //! Composed from candle's primitive ops these allocate and sweep a full tensor per step (a tanh
 //! GELU's backward alone is a dozen passes with `powf`), and the backward of a broadcast sums
@@ -473,6 +474,131 @@ impl candle_core::CustomOp3 for ParamGrads {
     }
 }
 
+/// Geometry of a square-kernel convolution.
+#[derive(Debug, Clone, Copy)]
+struct ConvGeometry {
+    batch: usize,
+    channels: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+}
+
+impl ConvGeometry {
+    fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// The input pixel `(y, x)` that kernel tap `(ky, kx)` of output `(oy, ox)` reads, if inside.
+    fn source(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+        let y = (oy * self.stride + ky).checked_sub(self.pad)?;
+        let x = (ox * self.stride + kx).checked_sub(self.pad)?;
+        (y < self.h && x < self.w).then_some((y, x))
+    }
+}
+
+/// `[B, C, H, W]` → `[C·k·k, B·Ho·Wo]`: row `(c, ky, kx)` holds what that kernel tap sees at
+/// every output position of every image, so a convolution is `W[Cout, C·k·k] · cols`.
+pub fn im2col(x: &Tensor, k: usize, stride: usize, pad: usize) -> candle_core::Result<Tensor> {
+    let (batch, channels, h, w) = x.dims4()?;
+    if k == 0 || stride == 0 || h + 2 * pad < k || w + 2 * pad < k {
+        candle_core::bail!("im2col: a {k}x{k} kernel (stride {stride}, padding {pad}) does not fit a {h}x{w} image");
+    }
+    let g = ConvGeometry { batch, channels, h, w, k, stride, pad };
+    x.contiguous()?.apply_op1(Im2Col(g))
+}
+
+struct Im2Col(ConvGeometry);
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "stipple-im2col"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = f32_slice(s, l, self.name())?;
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let cols = g.batch * oh * ow;
+        let mut out = vec![0f32; g.channels * g.k * g.k * cols];
+        out.par_chunks_mut(cols).enumerate().for_each(|(row, dst)| {
+            let (c, ky, kx) = (row / (g.k * g.k), (row / g.k) % g.k, row % g.k);
+            for b in 0..g.batch {
+                let plane = &x[(b * g.channels + c) * g.h * g.w..][..g.h * g.w];
+                for oy in 0..oh {
+                    let line = &mut dst[(b * oh + oy) * ow..][..ow];
+                    for (ox, v) in line.iter_mut().enumerate() {
+                        if let Some((y, xx)) = g.source(oy, ox, ky, kx) {
+                            *v = plane[y * g.w + xx];
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((g.channels * g.k * g.k, cols))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
+    }
+}
+
+/// The adjoint of [`Im2Col`]: every column entry added back onto the pixel it was read from.
+struct Col2Im(ConvGeometry);
+
+impl CustomOp1 for Col2Im {
+    fn name(&self) -> &'static str {
+        "stipple-col2im"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let cols = f32_slice(s, l, self.name())?;
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let n_cols = g.batch * oh * ow;
+        let mut out = vec![0f32; g.batch * g.channels * g.h * g.w];
+        // One task per (image, channel) plane: planes are written by nobody else.
+        out.par_chunks_mut(g.h * g.w).enumerate().for_each(|(plane_index, plane)| {
+            let (b, c) = (plane_index / g.channels, plane_index % g.channels);
+            for ky in 0..g.k {
+                for kx in 0..g.k {
+                    let row = &cols[((c * g.k + ky) * g.k + kx) * n_cols..][..n_cols];
+                    for oy in 0..oh {
+                        let line = &row[(b * oh + oy) * ow..][..ow];
+                        for (ox, &v) in line.iter().enumerate() {
+                            if let Some((y, x)) = g.source(oy, ox, ky, kx) {
+                                plane[y * g.w + x] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((g.batch, g.channels, g.h, g.w))))
+    }
+}
+
+/// A convolution of `x` `[B, C, H, W]` with `weight` `[Cout, C, k, k]` through [`im2col`] and one
+/// matmul (backward: two matmuls and a col2im), `[B, Cout, Ho, Wo]`.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> candle_core::Result<Tensor> {
+    let (cout, cin, k, k2) = weight.dims4()?;
+    let (b, c, h, w) = x.dims4()?;
+    if c != cin || k != k2 {
+        candle_core::bail!("conv2d: weight {:?} does not fit input {:?}", weight.dims(), x.dims());
+    }
+    if !fused_ok(x) || !fused_ok(weight) {
+        return x.conv2d(weight, pad, stride, 1, 1);
+    }
+    let cols = im2col(x, k, stride, pad)?;
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let y = weight.reshape((cout, cin * k * k))?.matmul(&cols)?;
+    y.reshape((cout, b, oh * ow))?.transpose(0, 1)?.contiguous()?.reshape((b, cout, oh, ow))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +665,26 @@ mod tests {
         assert!(max_diff(&scale_shift(&x, None, Some(&t)).unwrap(), &x.broadcast_add(&t).unwrap()) < 1e-6);
         assert!(max_diff(&scale_shift(&x, Some(&t), None).unwrap(), &x.broadcast_mul(&t).unwrap()) < 1e-6);
         assert!(scale_shift(&x, Some(&Tensor::ones((1, 2, 4), DType::F32, &dev).unwrap()), None).is_err());
+    }
+
+    #[test]
+    fn conv_matches_candle_with_gradients() {
+        let dev = Device::Cpu;
+        for (c, cout, h, w, k, stride) in [(3usize, 5usize, 8usize, 6usize, 3usize, 1usize), (4, 2, 8, 8, 3, 2), (2, 3, 5, 5, 1, 1), (2, 2, 7, 7, 3, 2)] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, c, h, w), &dev).unwrap()).unwrap();
+            let wt = Var::from_tensor(&Tensor::randn(0f32, 1.0, (cout, c, k, k), &dev).unwrap()).unwrap();
+            let ours = conv2d(&x, &wt, stride, k / 2).unwrap();
+            let theirs = x.conv2d(&wt, k / 2, stride, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-4);
+            let probe = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for v in [&x, &wt] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-3, "c{c} k{k} s{stride}: {d}");
+            }
+        }
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct Conv {
 impl Conv {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let k = self.weight.dim(2)?;
-        let y = x.conv2d(&self.weight, k / 2, self.stride, 1, 1)?;
+        let y = super::fused::conv2d(x, &self.weight, self.stride, k / 2)?;
         let (b, c, h, w) = y.dims4()?;
         let y = scale_shift(&y.reshape((b, c, h * w))?, None, Some(&self.bias.reshape((1, c, 1))?))?;
         Ok(y.reshape((b, c, h, w))?)
