@@ -6,13 +6,18 @@ const state = { csrf: null, me: null, models: [], limits: {}, current: null, sou
 
 // ---------------------------------------------------------------- API
 
-async function api(method, path, body) {
+async function api(method, path, body, retried) {
   const headers = { "accept": "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (state.csrf && method !== "GET") headers["x-csrf-token"] = state.csrf;
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), credentials: "same-origin" });
   if (resp.status === 204) return null;
   const data = await resp.json().catch(() => ({}));
+  // A stale CSRF token (the identity cookie changed, e.g. in another tab): fetch a fresh one once.
+  if (resp.status === 403 && method !== "GET" && !retried && data.error && data.error.param === "x-csrf-token") {
+    await refreshMe();
+    return api(method, path, body, true);
+  }
   if (!resp.ok) {
     const err = new Error((data.error && data.error.message) || `request failed (${resp.status})`);
     err.status = resp.status;
@@ -417,7 +422,10 @@ async function init() {
   });
   window.addEventListener("hashchange", route);
   try {
-    await Promise.all([refreshMe(), loadModels()]);
+    // /api/me first: on a first visit it sets the identity cookie the CSRF token is derived from;
+    // a concurrent request could set a second identity and leave the token stale.
+    await refreshMe();
+    await loadModels();
     schedulePrice();
     route();
   } catch (e) {
