@@ -37,8 +37,14 @@ const fmt = (n) => Number(n).toLocaleString("en-US");
 
 // ---------------------------------------------------------------- account and balance
 
+let meRequests = 0;
 async function refreshMe() {
-  state.me = await api("GET", "/api/me");
+  // Several refreshes can be in flight (after a generation, after signing in); only the newest
+  // answer counts, so a slow anonymous answer cannot undo a sign-in.
+  const mine = ++meRequests;
+  const me = await api("GET", "/api/me");
+  if (mine !== meRequests) return;
+  state.me = me;
   state.csrf = state.me.csrf_token;
   const t = state.me.tokens;
   const purchased = t.purchased > 0 ? ` + ${fmt(t.purchased)} bought` : "";
