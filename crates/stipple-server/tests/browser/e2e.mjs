@@ -166,6 +166,8 @@ async function journey({ page, context, base, shot }, who) {
 
   // Keyboard: the Generate button is reachable with Tab from the prompt.
   await page.click("#nav-create");
+  // The view switches on the hash change; focusing a still-hidden prompt would do nothing.
+  await page.waitForSelector("#prompt", { state: "visible" });
   await page.focus("#prompt");
   await page.keyboard.press("Tab");
   assert.equal(await page.evaluate(() => document.activeElement.id), "btn-generate");
