@@ -26,7 +26,8 @@ pub struct Settings {
     pub steps: usize,
     pub cfg_scale: f32,
     pub sampler: SamplerKind,
-    /// Images per prompt, seeds `first_seed..first_seed + seeds`.
+    /// Images per prompt; prompt `i` uses seeds `first_seed + i·seeds ..` so every image has
+    /// its own noise.
     pub seeds: u64,
     pub first_seed: u64,
 }
@@ -77,9 +78,10 @@ impl Report {
 pub fn evaluate(pipeline: &Pipeline, prompts: &[String], settings: Settings, each: &mut dyn FnMut(&Scored)) -> Result<Report> {
     let mut report = Report::default();
     let d = pipeline.defaults;
-    for prompt in prompts {
+    for (i, prompt) in prompts.iter().enumerate() {
         let asked = named_attributes(prompt);
-        for seed in settings.first_seed..settings.first_seed + settings.seeds {
+        let first = settings.first_seed + i as u64 * settings.seeds;
+        for seed in first..first + settings.seeds {
             let req = Request {
                 prompt: prompt.clone(),
                 negative_prompt: String::new(),
