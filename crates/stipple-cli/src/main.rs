@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    pin_thread_count();
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
@@ -42,6 +43,16 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => train_cmd::run(args),
         Command::Eval(args) => eval_cmd::run(args),
         Command::Bench(b) => bench_cmd::run(b),
+    }
+}
+
+/// Fix candle's thread count for the whole run. Unless `RAYON_NUM_THREADS` is set, candle
+/// recomputes its default (by reading /proc/cpuinfo) on every matmul: a fifth of the time of a
+/// small model's image. Its first answer is kept, so nothing else changes.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 

@@ -24,6 +24,12 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = TrainConfig::load(&args.config).map_err(user_error)?;
     keep_freed_memory();
+    // candle's element-wise thread pool spin-waits between operations; sharing 2 cores with the
+    // matmul threads (and with anything else running) it cost up to half of a training step.
+    // Training's heavy element-wise work runs in Stipple's own kernels, which use rayon.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let started = Instant::now();
     // Without a terminal (logs, CI) the bar is hidden: print a line now and then instead.
     let plain = !std::io::stderr().is_terminal();

@@ -16,7 +16,7 @@ fn tiny_config(dir: &Path, ae_steps: usize, dn_steps: usize) -> TrainConfig {
     c["output_dir"] = "model".into();
     c["checkpoint_dir"] = "checkpoints".into();
     let ae = &mut c["autoencoder"];
-    ae["model"]["channels"] = serde_json::json!([4, 8, 16]);
+    ae["model"]["channels"] = serde_json::json!([8, 16]);
     ae["model"]["norm_groups"] = 4.into();
     ae["model"]["decoder_blocks"] = 1.into();
     ae["optim"]["steps"] = ae_steps.into();

@@ -12,8 +12,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// Elements per parallel task of the elementwise kernels.
-const CHUNK: usize = 1 << 14;
+/// Elements per parallel task of the elementwise kernels: below this a tensor is swept by one
+/// thread (waking a second costs more than it saves on the small tensors of inference).
+const CHUNK: usize = 1 << 16;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
