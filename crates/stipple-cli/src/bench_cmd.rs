@@ -22,7 +22,7 @@ pub enum Bench {
 #[derive(clap::Args)]
 pub struct DefaultArgs {
     /// The model folder.
-    #[arg(long, default_value = "models/stipple-default")]
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
     model: std::path::PathBuf,
     #[arg(long, default_value_t = 20)]
     steps: usize,
@@ -64,7 +64,7 @@ fn default_model(args: DefaultArgs) -> anyhow::Result<()> {
 
     anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
     let device = Device::Cpu;
-    let model = stipple_core::loader::load_pipeline(&args.model, &device).map_err(crate::user_error)?;
+    let model = crate::load_model(&args.model, &device)?;
     let d = model.pipeline.defaults;
     let req = Request {
         prompt: "a small green triangle at the bottom on a black background".into(),

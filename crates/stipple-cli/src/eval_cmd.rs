@@ -17,7 +17,7 @@ const PROMPT_SEED: u64 = 2024;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model folder.
-    #[arg(short = 'm', long, default_value = "models/stipple-default")]
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
     model: PathBuf,
     /// Prompts, one per line (default: the built-in set of prompts naming all five attributes).
     #[arg(long)]
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => full_prompts(PROMPT_SEED, args.count),
     };
     anyhow::ensure!(!prompts.is_empty(), "no prompts to evaluate");
-    let model = stipple_core::loader::load_pipeline(&args.model, &Device::Cpu).map_err(user_error)?;
+    let model = crate::load_model(&args.model, &Device::Cpu)?;
     if let Some(n) = args.autoencoder {
         let (report, error) = autoencoder_roundtrip(model.pipeline.autoencoder.as_ref(), PROMPT_SEED, n.max(1)).map_err(user_error)?;
         println!("{} reconstructions: mean absolute error {error:.4} (images in [-1, 1])", report.images);

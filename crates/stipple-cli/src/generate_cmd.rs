@@ -24,8 +24,9 @@ pub struct Args {
     /// What the image should not show.
     #[arg(short = 'n', long, default_value = "")]
     negative_prompt: String,
-    /// Model: a diffusers folder or a single-file .safetensors checkpoint.
-    #[arg(short = 'm', long)]
+    /// Model: a diffusers folder or a single-file .safetensors checkpoint (default: Stipple's
+    /// own model).
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
     model: PathBuf,
     /// Sampler steps (default: the model's).
     #[arg(long)]
@@ -72,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let device = Device::Cpu;
     let started = Instant::now();
-    let model = stipple_core::loader::load_pipeline(&args.model, &device).map_err(user_error)?;
+    let model = crate::load_model(&args.model, &device)?;
     let pipe = &model.pipeline;
     let d = pipe.defaults;
     let sampler: SamplerKind = match &args.sampler {

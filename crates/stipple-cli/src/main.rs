@@ -56,6 +56,21 @@ fn pin_thread_count() {
     }
 }
 
+/// Where the shipped default model lives (relative to the repository root).
+pub const DEFAULT_MODEL: &str = "models/stipple-default";
+
+/// Load a model for a command; an untrained default model folder gets the command that trains it.
+pub fn load_model(path: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<stipple_core::loader::LoadedModel> {
+    if !path.join("model_index.json").exists() && path.join("train.json").is_file() {
+        anyhow::bail!(
+            "{} holds the default model's recipe but no weights yet; train them with `stipple train --config {}`",
+            path.display(),
+            path.join("train.json").display()
+        );
+    }
+    stipple_core::loader::load_pipeline(path, device).map_err(user_error)
+}
+
 /// Turn an engine error into a message for the command line: parameter errors name the flag.
 pub fn user_error(e: stipple_core::Error) -> anyhow::Error {
     match e {
