@@ -1,5 +1,6 @@
 //! `stipple bench`: timings of the engine's heavy parts at real model sizes, with random weights
-//! (no download). Reports go to bench/README.md (see bench/run_unet.sh).
+//! (no download), and of the shipped default model end to end. Reports go to bench/README.md
+//! (see bench/run_unet.sh).
 
 use std::time::Instant;
 
@@ -16,6 +17,27 @@ pub enum Bench {
     /// FLUX.1-schnell- and SD3-medium-size transformers: per-step time and peak memory per weight
     /// format, extrapolated from cut-down networks at real width.
     Dit(crate::bench_dit::DitArgs),
+    /// One whole image from the shipped default model (prompt to pixels, the model's default
+    /// size, 20 DDIM steps with guidance) per run.
+    Default(DefaultArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DefaultArgs {
+    /// The model folder.
+    #[arg(long, default_value = crate::DEFAULT_MODEL)]
+    model: std::path::PathBuf,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Guidance scale (default: the model's).
+    #[arg(long = "cfg-scale")]
+    cfg_scale: Option<f32>,
+    /// Timed runs, after one warm-up run.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -35,7 +57,56 @@ pub fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Unet(args) => unet(args),
         Bench::Dit(args) => crate::bench_dit::run(args),
+        Bench::Default(args) => default_model(args),
     }
+}
+
+fn default_model(args: DefaultArgs) -> anyhow::Result<()> {
+    use stipple_core::pipeline::{Flow, Request};
+    use stipple_core::rng::TorchRng;
+    use stipple_core::sampler::SamplerKind;
+
+    anyhow::ensure!(args.runs >= 1, "--runs must be at least 1");
+    let device = Device::Cpu;
+    let model = crate::load_model(&args.model, &device)?;
+    let d = model.pipeline.defaults;
+    let req = Request {
+        prompt: "a small green triangle at the bottom on a black background".into(),
+        negative_prompt: String::new(),
+        width: d.width,
+        height: d.height,
+        steps: args.steps,
+        cfg_scale: args.cfg_scale.unwrap_or(d.cfg_scale),
+        sampler: SamplerKind::Ddim,
+        eta: 0.0,
+        init: None,
+    };
+    anyhow::ensure!(req.cfg_scale > 1.0, "--cfg-scale must be above 1 to time guided sampling");
+    let pass = |seed: u64| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        model.pipeline.generate(&req, &mut TorchRng::new(seed), &mut |_| Flow::Continue).map_err(crate::user_error)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    pass(0)?; // warm-up
+    let mut times: Vec<f64> = (1..=args.runs as u64).map(pass).collect::<anyhow::Result<_>>()?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let median = times[times.len() / 2];
+    let (min, max) = (times[0], times[times.len() - 1]);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": args.model, "width": d.width, "height": d.height, "steps": req.steps,
+                "sampler": "ddim", "cfg_scale": req.cfg_scale, "runs": args.runs, "median_s": median, "min_s": min,
+                "max_s": max, "threads": threads})
+        );
+    } else {
+        println!(
+            "default model {}x{}, {} DDIM steps, cfg {}: median {median:.3} s, min {min:.3} s, max {max:.3} s over {} runs; {threads} threads",
+            d.width, d.height, req.steps, req.cfg_scale, args.runs
+        );
+    }
+    Ok(())
 }
 
 fn unet(args: UnetArgs) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use candle_core::Device;
 use stipple_core::image_io::RgbImage;
 use stipple_core::sampler::SamplerKind;
-use stipple_train::eval::{evaluate, full_prompts, Settings, ATTRIBUTES};
+use stipple_train::eval::{autoencoder_roundtrip, evaluate, full_prompts, Report, Settings, ATTRIBUTES};
 
 use crate::user_error;
 
@@ -17,7 +17,7 @@ const PROMPT_SEED: u64 = 2024;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model folder.
-    #[arg(short = 'm', long, default_value = "models/stipple-default")]
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
     model: PathBuf,
     /// Prompts, one per line (default: the built-in set of prompts naming all five attributes).
     #[arg(long)]
@@ -46,6 +46,10 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Score the model's autoencoder instead: encode and decode this many generated images and
+    /// read the reconstructions back.
+    #[arg(long, value_name = "IMAGES")]
+    autoencoder: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -60,7 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => full_prompts(PROMPT_SEED, args.count),
     };
     anyhow::ensure!(!prompts.is_empty(), "no prompts to evaluate");
-    let model = stipple_core::loader::load_pipeline(&args.model, &Device::Cpu).map_err(user_error)?;
+    let model = crate::load_model(&args.model, &Device::Cpu)?;
+    if let Some(n) = args.autoencoder {
+        let (report, error) = autoencoder_roundtrip(model.pipeline.autoencoder.as_ref(), PROMPT_SEED, n.max(1)).map_err(user_error)?;
+        println!("{} reconstructions: mean absolute error {error:.4} (images in [-1, 1])", report.images);
+        print_attributes(&report);
+        return Ok(());
+    }
     let d = model.pipeline.defaults;
     let sampler: SamplerKind = match &args.sampler {
         Some(s) => s.parse().map_err(user_error)?,
@@ -109,13 +119,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{} images ({} prompts x {} seeds), {} steps {} cfg {}: {:.3} s per image",
         report.images, prompts.len(), settings.seeds, settings.steps, settings.sampler, settings.cfg_scale, report.mean_seconds
     );
+    print_attributes(&report);
+    Ok(())
+}
+
+fn print_attributes(report: &Report) {
     for (name, (c, a)) in ATTRIBUTES.iter().zip(report.per_attribute) {
         if a > 0 {
             println!("  {name:<10} {:5.1}% ({c}/{a})", 100.0 * c as f64 / a as f64);
         }
     }
     println!("  all        {:5.1}%", 100.0 * report.accuracy());
-    Ok(())
 }
 
 /// Images side by side, `cols` per row.

@@ -24,8 +24,9 @@ pub struct Args {
     /// What the image should not show.
     #[arg(short = 'n', long, default_value = "")]
     negative_prompt: String,
-    /// Model: a diffusers folder or a single-file .safetensors checkpoint.
-    #[arg(short = 'm', long)]
+    /// Model: a diffusers folder or a single-file .safetensors checkpoint (default: Stipple's
+    /// own model).
+    #[arg(short = 'm', long, default_value = crate::DEFAULT_MODEL)]
     model: PathBuf,
     /// FLUX / SD3: transformer weights to use instead of the model folder's — a GGUF file
     /// (q8_0 / q4_0 / f16 ...) or a .safetensors file, in diffusers' layout or FLUX's original
@@ -79,7 +80,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::Cpu;
     let started = Instant::now();
     let options = stipple_core::loader::LoadOptions { transformer: args.transformer.clone() };
-    let model = stipple_core::loader::load_pipeline_with(&args.model, &options, &device).map_err(user_error)?;
+    let model = crate::load_model_with(&args.model, &options, &device)?;
     let pipe = &model.pipeline;
     let d = pipe.defaults;
     let sampler: SamplerKind = match &args.sampler {

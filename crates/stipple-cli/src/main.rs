@@ -52,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STIPPLE_LOG").unwrap_or_else(|_| "warn,stipple_server=info".into()))
         .with_writer(std::io::stderr)
         .init();
+    pin_thread_count();
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
@@ -71,6 +72,40 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve_cmd::serve(args),
         Command::Worker(args) => serve_cmd::worker(args),
     }
+}
+
+/// Fix candle's thread count for the whole run. Unless `RAYON_NUM_THREADS` is set, candle
+/// recomputes its default (by reading /proc/cpuinfo) on every matmul: a fifth of the time of a
+/// small model's image. Its first answer is kept, so nothing else changes.
+fn pin_thread_count() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+/// Where the shipped default model lives (relative to the repository root).
+pub const DEFAULT_MODEL: &str = "models/stipple-default";
+
+/// Load a model for a command; an untrained default model folder gets the command that trains it.
+pub fn load_model(path: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<stipple_core::loader::LoadedModel> {
+    load_model_with(path, &stipple_core::loader::LoadOptions::default(), device)
+}
+
+/// `load_model` with loading options (a separate transformer file for FLUX / SD3).
+pub fn load_model_with(
+    path: &std::path::Path,
+    options: &stipple_core::loader::LoadOptions,
+    device: &candle_core::Device,
+) -> anyhow::Result<stipple_core::loader::LoadedModel> {
+    if !path.join("model_index.json").exists() && path.join("train.json").is_file() {
+        anyhow::bail!(
+            "{} holds the default model's recipe but no weights yet; train them with `stipple train --config {}`",
+            path.display(),
+            path.join("train.json").display()
+        );
+    }
+    stipple_core::loader::load_pipeline_with(path, options, device).map_err(user_error)
 }
 
 /// Turn an engine error into a message for the command line: parameter errors name the flag.

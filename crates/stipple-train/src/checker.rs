@@ -7,8 +7,9 @@
 //! * object mask: pixels nearer the object colour than the background along the line between
 //!   the two measured colours; the largest connected region of it is the object;
 //! * shape: how the object fills its bounding box (circle π/4, square 1, triangle 1/2, with the
-//!   box's aspect), compared against each shape's expected pixel count where the object is cut
-//!   off by the image border;
+//!   box's aspect): each shape is placed in the bounding box (reconstructed from the uncut sides
+//!   where the image border cuts the object off) and the one whose pixels overlap the object's
+//!   best (intersection over union) wins;
 //! * size: the bounding box's width, split halfway between small and large;
 //! * position: the 3x3 cell holding the centre of the (reconstructed) bounding box.
 
@@ -116,10 +117,9 @@ pub fn read(image: &RgbImage) -> Reading {
         .into_iter()
         .map(|shape| {
             let p = hypothesis(shape, &region);
-            let expected = visible_pixels(&p).max(1) as f64;
-            (p, (region.pixels as f64 / expected).ln().abs())
+            (p, overlap(&p, &region.mask, region.pixels))
         })
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
         .expect("three hypotheses");
     let object = ObjectReading {
         colour,
@@ -149,9 +149,10 @@ fn mean_colour(items: impl Iterator<Item = [u8; 3]>) -> [f64; 3] {
     sum.map(|s| s / n.max(1) as f64)
 }
 
-/// A connected region of the mask: its pixel count and bounding box (ends exclusive).
-#[derive(Debug, Clone, Copy)]
+/// A connected region of the mask: its pixels, their count and bounding box (ends exclusive).
+#[derive(Debug, Clone)]
 struct Region {
+    mask: Vec<bool>,
     pixels: usize,
     x0: usize,
     y0: usize,
@@ -170,9 +171,11 @@ fn largest_region(mask: &[bool], w: usize, h: usize) -> Option<Region> {
         }
         seen[start] = true;
         stack.push(start);
-        let mut r = Region { pixels: 0, x0: usize::MAX, y0: usize::MAX, x1: 0, y1: 0 };
+        let mut r = Region { mask: Vec::new(), pixels: 0, x0: usize::MAX, y0: usize::MAX, x1: 0, y1: 0 };
+        let mut members = Vec::new();
         while let Some(i) = stack.pop() {
             let (x, y) = (i % w, i / w);
+            members.push(i);
             r.pixels += 1;
             r.x0 = r.x0.min(x);
             r.y0 = r.y0.min(y);
@@ -191,7 +194,9 @@ fn largest_region(mask: &[bool], w: usize, h: usize) -> Option<Region> {
                 }
             }
         }
-        if best.is_none_or(|b| r.pixels > b.pixels) {
+        if best.as_ref().is_none_or(|b| r.pixels > b.pixels) {
+            r.mask = vec![false; mask.len()];
+            members.iter().for_each(|&i| r.mask[i] = true);
             best = Some(r);
         }
     }
@@ -225,10 +230,19 @@ fn hypothesis(shape: Shape, r: &Region) -> Placement {
     }
 }
 
-/// Pixels at least half covered by `p` inside the image: what the mask would count.
-fn visible_pixels(p: &Placement) -> usize {
+/// Intersection over union of the pixels at least half covered by `p` and the object's pixels.
+fn overlap(p: &Placement, object: &[bool], object_pixels: usize) -> f64 {
     let (x0, y0, x1, y1) = p.pixel_bounds();
-    (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).filter(|&(x, y)| p.coverage(x, y) > 0.5).count()
+    let (mut shape_pixels, mut both) = (0usize, 0usize);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            if p.coverage(x, y) > 0.5 {
+                shape_pixels += 1;
+                both += object[y * IMAGE_SIZE + x] as usize;
+            }
+        }
+    }
+    both as f64 / (shape_pixels + object_pixels - both).max(1) as f64
 }
 
 #[cfg(test)]

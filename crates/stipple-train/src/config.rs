@@ -82,6 +82,8 @@ pub struct AutoencoderStage {
     /// Weight of the KL term (mean over latent elements) against the L1 reconstruction loss
     /// (mean over pixels).
     pub kl_weight: f64,
+    /// Weight of the L1 error of the image gradients (sharp outlines) against the L1 error.
+    pub edge_weight: f64,
     /// Images whose latents set the scaling and shift factors.
     pub latent_stats_images: usize,
 }
@@ -103,6 +105,8 @@ pub struct DenoiserStage {
     pub model: StippleDitConfig,
     pub text_encoder: TextShape,
     pub optim: Optimisation,
+    /// Min-SNR-γ loss weighting; `null` for the plain ε MSE.
+    pub min_snr_gamma: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]

@@ -4,13 +4,15 @@
 use std::time::Instant;
 
 use stipple_core::image_io::RgbImage;
+use stipple_core::model::Autoencoder;
 use stipple_core::pipeline::{Flow, Pipeline, Request};
 use stipple_core::rng::TorchRng;
 use stipple_core::sampler::SamplerKind;
 use stipple_core::Result;
 
-use crate::caption::named_attributes;
-use crate::checker::{read, Reading};
+use crate::caption::{named_attributes, CaptionStyle};
+use crate::checker::{read, Attributes, Reading};
+use crate::dataset::batch;
 use crate::rng::SplitMix64;
 use crate::scene::Scene;
 
@@ -26,7 +28,8 @@ pub struct Settings {
     pub steps: usize,
     pub cfg_scale: f32,
     pub sampler: SamplerKind,
-    /// Images per prompt, seeds `first_seed..first_seed + seeds`.
+    /// Images per prompt; prompt `i` uses seeds `first_seed + i·seeds ..` so every image has
+    /// its own noise.
     pub seeds: u64,
     pub first_seed: u64,
 }
@@ -77,9 +80,10 @@ impl Report {
 pub fn evaluate(pipeline: &Pipeline, prompts: &[String], settings: Settings, each: &mut dyn FnMut(&Scored)) -> Result<Report> {
     let mut report = Report::default();
     let d = pipeline.defaults;
-    for prompt in prompts {
+    for (i, prompt) in prompts.iter().enumerate() {
         let asked = named_attributes(prompt);
-        for seed in settings.first_seed..settings.first_seed + settings.seeds {
+        let first = settings.first_seed + i as u64 * settings.seeds;
+        for seed in first..first + settings.seeds {
             let req = Request {
                 prompt: prompt.clone(),
                 negative_prompt: String::new(),
@@ -101,6 +105,34 @@ pub fn evaluate(pipeline: &Pipeline, prompts: &[String], settings: Settings, eac
         }
     }
     Ok(report)
+}
+
+/// Encode and decode `n` generated images (stream `seed`) through `vae` and score the
+/// reconstructions against their scenes: what the autoencoder lets through. Also returns the
+/// mean absolute pixel error (images in [-1, 1]).
+pub fn autoencoder_roundtrip(vae: &dyn Autoencoder, seed: u64, n: usize) -> Result<(Report, f64)> {
+    let mut report = Report::default();
+    let (mut error_sum, mut batches) = (0f64, 0usize);
+    let mut start = 0usize;
+    while start < n {
+        let len = 16.min(n - start);
+        let started = Instant::now();
+        let (images, _) = batch(seed, start as u64, len, CaptionStyle::FULL)?;
+        let (mean, _) = vae.encode_moments(&images)?;
+        let decoded = vae.decode_raw(&mean)?;
+        error_sum += (&decoded - &images)?.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+        batches += 1;
+        let seconds = started.elapsed().as_secs_f64() / len as f64;
+        for i in 0..len {
+            let sample = crate::dataset::sample(seed, (start + i) as u64, CaptionStyle::FULL);
+            let image = RgbImage::from_decoded(&decoded.get(i)?)?;
+            let reading = read(&image);
+            let correct = Attributes::from(&sample.scene).judge(&reading);
+            report.add(&Scored { prompt: sample.caption, seed, image, reading, correct, seconds });
+        }
+        start += len;
+    }
+    Ok((report, error_sum / batches.max(1) as f64))
 }
 
 #[cfg(test)]

@@ -84,3 +84,16 @@ fn short_training_lowers_the_loss_resumes_and_generates() {
     let odd = Request { prompt: "a crimson dodecahedron, très grand".into(), ..req };
     model.pipeline.generate(&odd, &mut TorchRng::new(2), &mut |_| Flow::Continue).unwrap();
 }
+
+#[test]
+fn the_same_config_and_seed_give_the_same_weights() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = ["vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"];
+    let mut runs = Vec::new();
+    for dir in [&a, &b] {
+        let config = tiny_config(dir.path(), 8, 8);
+        train(&config, &Options::default(), &mut |_| {}).unwrap();
+        runs.push(files.map(|f| std::fs::read(config.output_dir.join(f)).unwrap()));
+    }
+    assert!(runs[0] == runs[1], "two runs of one config wrote different weights");
+}

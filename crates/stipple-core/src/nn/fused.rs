@@ -12,8 +12,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// Elements per parallel task of the elementwise kernels.
-const CHUNK: usize = 1 << 14;
+/// Elements per parallel task of the elementwise kernels: below this a tensor is swept by one
+/// thread (waking a second costs more than it saves on the small tensors of inference).
+const CHUNK: usize = 1 << 16;
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
@@ -415,7 +416,7 @@ impl CustomOp2 for ScaleOnly {
 }
 
 /// `Σ g·x` reduced to the scale's shape, then `Σ g` reduced to the shift's shape, as one flat
-/// tensor. Each task sums into its own buffer; the buffers are added at the end.
+/// tensor.
 struct ParamGrads {
     shift_shape: Vec<usize>,
 }
@@ -442,9 +443,14 @@ impl candle_core::CustomOp3 for ParamGrads {
         let d = xl.shape().dims();
         let (q, r) = (d[1], d[2]);
         let rows = rows_per_task(r);
-        let total = x.par_chunks(r * rows).zip(g.par_chunks(r * rows)).enumerate().fold(
-            || vec![0f32; ns + nt],
-            |mut acc, (task, (x, g))| {
+        // Per-task partial sums, added in task order: the result does not depend on which
+        // thread ran what, so training is reproducible.
+        let partials: Vec<Vec<f32>> = x
+            .par_chunks(r * rows)
+            .zip(g.par_chunks(r * rows))
+            .enumerate()
+            .map(|(task, (x, g))| {
+                let mut acc = vec![0f32; ns + nt];
                 for (i, (x, g)) in x.chunks(r).zip(g.chunks(r)).enumerate() {
                     let row = task * rows + i;
                     let (pi, qi) = (row / q, row % q);
@@ -461,15 +467,12 @@ impl candle_core::CustomOp3 for ParamGrads {
                     }
                 }
                 acc
-            },
-        );
-        let sums = total.reduce(
-            || vec![0f32; ns + nt],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+            })
+            .collect();
+        let mut sums = vec![0f32; ns + nt];
+        for partial in &partials {
+            sums.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+        }
         Ok((CpuStorage::F32(sums), Shape::from(ns + nt)))
     }
 }

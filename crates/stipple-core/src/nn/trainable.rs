@@ -85,6 +85,14 @@ pub fn conv2d(in_ch: usize, out_ch: usize, k: usize, stride: usize, vb: VarBuild
     Ok(Conv { weight, bias, stride })
 }
 
+/// A `k`x`k` convolution that starts at zero (the last layer of a residual branch, so a new
+/// block starts as the identity).
+pub fn zero_conv2d(in_ch: usize, out_ch: usize, k: usize, vb: VarBuilder) -> Result<Conv> {
+    let weight = vb.get_with_hints((out_ch, in_ch, k, k), "weight", Init::Const(0.0))?;
+    let bias = vb.get_with_hints(out_ch, "bias", Init::Const(0.0))?;
+    Ok(Conv { weight, bias, stride: 1 })
+}
+
 /// Normalise over the last dimension (no learned scale or shift).
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(super::fused::normalize_last_dim(x, eps)?)

@@ -1,14 +1,14 @@
 //! The default model's autoencoder: a small KL-regularised convolutional VAE like SD's, sized for
 //! a CPU. Pixels are first folded into channels (`pixel_block`x`pixel_block` blocks), so every
-//! convolution runs at 1/4 resolution or less; each further level halves the resolution.
-//! 128x128 RGB ↔ 16x16x4 with the shipped settings (blocks of 4, two levels).
+//! convolution runs at reduced resolution; each further level halves it again. 128x128 RGB ↔
+//! 16x16x4 with the shipped settings (blocks of 4, two levels: 32², 16²).
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Autoencoder;
-use crate::nn::trainable::{conv2d, pixel_shuffle, pixel_unshuffle, silu, Conv, GroupNorm};
+use crate::nn::trainable::{conv2d, pixel_shuffle, pixel_unshuffle, silu, zero_conv2d, Conv, GroupNorm};
 use crate::{Error, Result};
 
 /// diffusers clamps the log-variance to this range when it builds the latent distribution.
@@ -68,7 +68,7 @@ impl ResBlock {
             norm1: GroupNorm::new(groups, channels, vb.pp("norm1"))?,
             conv1: conv2d(channels, channels, 3, 1, vb.pp("conv1"))?,
             norm2: GroupNorm::new(groups, channels, vb.pp("norm2"))?,
-            conv2: conv2d(channels, channels, 3, 1, vb.pp("conv2"))?,
+            conv2: zero_conv2d(channels, channels, 3, vb.pp("conv2"))?,
         })
     }
 
