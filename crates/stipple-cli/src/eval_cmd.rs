@@ -7,12 +7,10 @@ use anyhow::Context;
 use candle_core::Device;
 use stipple_core::image_io::RgbImage;
 use stipple_core::sampler::SamplerKind;
-use stipple_train::eval::{autoencoder_roundtrip, evaluate, full_prompts, Report, Settings, ATTRIBUTES};
+use stipple_train::eval::{autoencoder_roundtrip, evaluate, full_prompts, Report, Settings, ATTRIBUTES, PROMPT_SEED};
 
 use crate::user_error;
 
-/// Seed of the built-in prompt set.
-const PROMPT_SEED: u64 = 2024;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -50,6 +48,14 @@ pub struct Args {
     /// read the reconstructions back.
     #[arg(long, value_name = "IMAGES")]
     autoencoder: Option<usize>,
+    /// Measure the four claims the product is built on and write DIR/seed-claims.md with its
+    /// charts, sample grids and raw numbers under DIR/seed-claims/ (DIR defaults to docs).
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "docs")]
+    report: Option<PathBuf>,
+    /// With --report: a couple of images per measurement instead of the full plan (a smoke run
+    /// of every part of the report, in seconds; its numbers mean nothing).
+    #[arg(long, requires = "report")]
+    quick: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -65,6 +71,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(!prompts.is_empty(), "no prompts to evaluate");
     let model = crate::load_model(&args.model, &Device::Cpu)?;
+    if let Some(dir) = &args.report {
+        return report(&args, &model.pipeline, dir);
+    }
     if let Some(n) = args.autoencoder {
         let (report, error) = autoencoder_roundtrip(model.pipeline.autoencoder.as_ref(), PROMPT_SEED, n.max(1)).map_err(user_error)?;
         println!("{} reconstructions: mean absolute error {error:.4} (images in [-1, 1])", report.images);
@@ -120,6 +129,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.images, prompts.len(), settings.seeds, settings.steps, settings.sampler, settings.cfg_scale, report.mean_seconds
     );
     print_attributes(&report);
+    Ok(())
+}
+
+fn report(args: &Args, pipeline: &stipple_core::pipeline::Pipeline, dir: &std::path::Path) -> anyhow::Result<()> {
+    use stipple_train::report::{measure, verdicts, write, ReportPlan, RunInfo};
+    let config_path = args.model.join("transformer/config.json");
+    let dit: stipple_core::dit::stipple_dit::StippleDitConfig = serde_json::from_slice(
+        &std::fs::read(&config_path).with_context(|| format!("the report needs a Stipple DiT model folder; reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("parsing {}", config_path.display()))?;
+    let plan = if args.quick { ReportPlan::quick() } else { ReportPlan::standard() };
+    let d = pipeline.defaults;
+    let bar = indicatif::ProgressBar::new(plan.images(d.steps, d.cfg_scale) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} image {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let (m, samples) = measure(pipeline, &dit, &plan, &mut |done, what| {
+        bar.set_position(done as u64);
+        bar.set_message(what.to_string());
+    })
+    .map_err(user_error)?;
+    bar.finish_and_clear();
+    let run = RunInfo {
+        command: std::iter::once("stipple".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" "),
+        model: args.model.clone(),
+        machine: crate::machine_description(),
+        date: crate::utc_date(),
+        revision: crate::git_revision(),
+    };
+    let path = write(&m, &samples, &run, dir).map_err(user_error)?;
+    for (i, v) in verdicts(&m).iter().enumerate() {
+        println!("claim {}: {} — {}", i + 1, v.verdict, v.evidence);
+    }
+    println!("wrote {} ({:.0} s)", path.display(), m.total_seconds);
     Ok(())
 }
 

@@ -122,3 +122,41 @@ pub fn user_error(e: stipple_core::Error) -> anyhow::Error {
         other => anyhow::Error::new(other),
     }
 }
+
+/// "N cores, CPU model" of this machine, for benchmark and report headers.
+pub fn machine_description() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{cores} cores, {cpu}")
+}
+
+/// Today's UTC date, YYYY-MM-DD (civil-from-days, so no date crate for one line of a report).
+pub fn utc_date() -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The checkout's short commit (with "+changes" when the tree is dirty), or "unknown".
+pub fn git_revision() -> String {
+    let run = |args: &[&str]| std::process::Command::new("git").args(args).output().ok().filter(|o| o.status.success());
+    match run(&["rev-parse", "--short", "HEAD"]) {
+        Some(o) => {
+            let rev = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|o| !o.stdout.is_empty());
+            if dirty { format!("{rev}+changes") } else { rev }
+        }
+        None => "unknown".into(),
+    }
+}

@@ -28,3 +28,69 @@ fn a_broken_training_config_is_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("train.json") && err.contains("missing field"), "{err}");
 }
+
+// The shipped model (models/stipple-default), end to end through the binary.
+
+fn shipped() -> std::path::PathBuf {
+    repo().join("models/stipple-default")
+}
+
+#[test]
+fn generate_without_a_model_draws_the_prompt_with_the_shipped_model() {
+    use stipple_core::image_io::RgbImage;
+    use stipple_train::caption::named_attributes;
+    use stipple_train::checker::read;
+
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = "a small green triangle at the bottom on a black background";
+    let mut images = Vec::new();
+    for name in ["a.png", "b.png"] {
+        let out_path = dir.path().join(name);
+        let out = stipple(&["generate", prompt, "--seed", "7", "-o", out_path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", common::text(&out));
+        images.push(std::fs::read(&out_path).unwrap());
+    }
+    assert_eq!(images[0], images[1], "same seed, same image");
+    let image = RgbImage::load(&dir.path().join("a.png")).unwrap();
+    assert_eq!((image.width, image.height), (128, 128));
+    let reading = read(&image);
+    let judged = named_attributes(prompt).judge(&reading);
+    assert_eq!(judged, [Some(true); 5], "the checker reads {reading:?}");
+}
+
+#[test]
+fn the_shipped_model_meets_the_attribute_target() {
+    // `stipple eval` at the model's defaults on its 100 prompts naming all five attributes.
+    let out = stipple(&["eval", "--json"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["images"], 100);
+    assert_eq!(report["sampler"], "ddim");
+    assert_eq!(report["steps"], 20);
+    let accuracy = report["accuracy"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "attribute accuracy {accuracy} is below the 90% target: {report}");
+}
+
+#[test]
+fn the_report_writes_every_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = stipple(&["eval", "--report", dir.path().to_str().unwrap(), "--quick", "--model", shipped().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let md = std::fs::read_to_string(dir.path().join("seed-claims.md")).unwrap();
+    for claim in ["| 1 |", "| 2 |", "| 3 |", "| 4 |"] {
+        assert!(md.contains(claim), "{claim} missing from\n{md}");
+    }
+    let images: Vec<String> = md
+        .match_indices("](seed-claims/")
+        .map(|(i, _)| md[i + 2..].split(')').next().unwrap().to_string())
+        .filter(|link| link.ends_with(".png"))
+        .collect();
+    assert!(images.len() >= 7, "{images:?}");
+    for image in &images {
+        let (w, h, _, _) = common::read_png(&dir.path().join(image));
+        assert!(w > 100 && h > 100, "{image}: {w}x{h}");
+    }
+    let data: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("seed-claims/data.json")).unwrap()).unwrap();
+    assert!(data["points"].as_array().unwrap().len() >= 4);
+    assert!(data["twins"][0]["median_step_seconds"].as_f64().unwrap() > 0.0);
+}

@@ -6,7 +6,9 @@ use crate::{Error, Result};
 /// How a prediction is steered towards the prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Guidance {
-    /// `u + scale * (c - u)`; 1 means the conditional prediction alone (no unconditional pass).
+    /// `u + scale * (c - u)` above 1; at 1 and below, the conditional prediction alone (no
+    /// unconditional pass), as every diffusers pipeline does (`do_classifier_free_guidance` is
+    /// `guidance_scale > 1`).
     pub scale: f32,
 }
 
@@ -18,10 +20,11 @@ impl Guidance {
         Ok(Guidance { scale })
     }
 
-    /// Whether the denoiser needs the unconditional half of the batch. Scale 1 reduces to the
-    /// conditional prediction, so its pass is skipped (half the work).
+    /// Whether the denoiser needs the unconditional half of the batch: only above scale 1, as
+    /// in diffusers (scale 1 is the conditional prediction anyway; below 1 diffusers turns
+    /// guidance off rather than blending towards the unconditional prediction, and so do we).
     pub fn needs_unconditional(&self) -> bool {
-        self.scale != 1.0
+        self.scale > 1.0
     }
 
     /// Number of rows per image in the denoiser batch.
@@ -50,6 +53,16 @@ mod tests {
         assert_eq!(g.combine(&[1.0, 0.0], &[2.0, -1.0]), vec![8.0, -7.0]);
         assert!(g.needs_unconditional());
         assert_eq!(g.batch_factor(), 2);
+    }
+
+    #[test]
+    fn scales_at_or_below_one_turn_guidance_off_as_diffusers_does() {
+        for scale in [0.0, 0.5, 1.0] {
+            let g = Guidance::new(scale).unwrap();
+            assert!(!g.needs_unconditional(), "{scale}");
+            assert_eq!(g.batch_factor(), 1);
+        }
+        assert!(Guidance::new(1.01).unwrap().needs_unconditional());
     }
 
     #[test]

@@ -64,6 +64,12 @@ impl RgbImage {
             Error::io(format!("writing {}", path.display()), e)
         })
     }
+
+    /// Read an image file (PNG, or any format the `image` crate's enabled decoders read) as RGB.
+    pub fn load(path: &Path) -> Result<RgbImage> {
+        let img = open_image(path, "image")?.to_rgb8();
+        Ok(RgbImage { width: img.width() as usize, height: img.height() as usize, pixels: img.into_raw() })
+    }
 }
 
 fn png_err(e: impl std::fmt::Display) -> Error {

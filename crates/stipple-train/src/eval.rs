@@ -16,6 +16,9 @@ use crate::dataset::batch;
 use crate::rng::SplitMix64;
 use crate::scene::Scene;
 
+/// Seed of `stipple eval`'s built-in prompt set.
+pub const PROMPT_SEED: u64 = 2024;
+
 /// `n` prompts naming all five attributes (the canonical caption of random scenes).
 pub fn full_prompts(seed: u64, n: usize) -> Vec<String> {
     let mut rng = SplitMix64::new(seed);

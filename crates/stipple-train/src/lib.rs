@@ -10,6 +10,8 @@ pub mod eval;
 pub mod export;
 pub mod init;
 pub mod optim;
+pub mod plot;
+pub mod report;
 pub mod rng;
 pub mod scene;
 pub mod state;
