@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
     .map_err(user_error)?;
     if let Some(dir) = &args.out {
-        grid(&images, 8).save_png(&dir.join("grid.png"), &[]).map_err(user_error)?;
+        stipple_train::report::grid(&images, 8, 0).save_png(&dir.join("grid.png"), &[]).map_err(user_error)?;
     }
     if args.json {
         println!("{}", serde_json::json!({
@@ -175,21 +175,4 @@ fn print_attributes(report: &Report) {
         }
     }
     println!("  all        {:5.1}%", 100.0 * report.accuracy());
-}
-
-/// Images side by side, `cols` per row.
-fn grid(images: &[RgbImage], cols: usize) -> RgbImage {
-    let (w, h) = images.first().map(|i| (i.width, i.height)).unwrap_or((1, 1));
-    let rows = images.len().div_ceil(cols).max(1);
-    let (gw, gh) = (w * cols, h * rows);
-    let mut pixels = vec![0u8; gw * gh * 3];
-    for (k, img) in images.iter().enumerate() {
-        let (ox, oy) = ((k % cols) * w, (k / cols) * h);
-        for y in 0..h {
-            let src = &img.pixels[y * w * 3..(y + 1) * w * 3];
-            let start = ((oy + y) * gw + ox) * 3;
-            pixels[start..start + w * 3].copy_from_slice(src);
-        }
-    }
-    RgbImage { width: gw, height: gh, pixels }
 }
