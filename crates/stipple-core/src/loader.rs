@@ -73,6 +73,15 @@ impl ModelFamily {
         }
     }
 
+    /// The tokenizer component that is T5's (FLUX's `tokenizer_2`, SD3's optional `tokenizer_3`).
+    fn t5_tokenizer(self) -> Option<&'static str> {
+        match self {
+            ModelFamily::Flux => Some("tokenizer_2"),
+            ModelFamily::Sd3 => Some("tokenizer_3"),
+            _ => None,
+        }
+    }
+
     /// The components the family cannot run without, with what each one is.
     fn required(self) -> &'static [(&'static str, &'static str)] {
         const SD: &[(&str, &str)] = &[
@@ -97,7 +106,7 @@ impl ModelFamily {
             ("text_encoder", "CLIP-L text encoder"),
             ("tokenizer", "CLIP-L tokenizer"),
             ("text_encoder_2", "T5 encoder"),
-            ("tokenizer_2", "T5 tokenizer"),
+            ("tokenizer_2", "T5 tokenizer: tokenizer.json or spiece.model"),
             ("scheduler", "scheduler config"),
         ];
         const SD3: &[(&str, &str)] = &[
@@ -178,7 +187,13 @@ pub fn recognise(source: &PipelineSource) -> Result<ModelFamily> {
 
 /// Refuse a source that lacks part of what its family needs, listing what it has and what not.
 fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
-    let found = found_components(source);
+    let mut found = found_components(source);
+    // A T5 tokenizer folder with neither file it can be read from counts as missing.
+    if let Some(name) = family.t5_tokenizer() {
+        if source.tokenizer(name).is_ok_and(|t| !T5Tokenizer::source_has_files(t)) {
+            found.retain(|f| f != name);
+        }
+    }
     let missing: Vec<String> = family
         .required()
         .iter()
@@ -190,7 +205,8 @@ fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
         // T5 is optional in SD3, but only as a pair.
         let has = |n: &str| found.iter().any(|f| f == n);
         match (has("text_encoder_3"), has("tokenizer_3")) {
-            (true, false) => problems.push("tokenizer_3 (T5 tokenizer, needed with text_encoder_3)".into()),
+            (true, false) => problems
+                .push("tokenizer_3 (T5 tokenizer: tokenizer.json or spiece.model, needed with text_encoder_3)".into()),
             (false, true) => problems.push("text_encoder_3 (T5 encoder, needed with tokenizer_3)".into()),
             _ => {}
         }
@@ -486,12 +502,40 @@ mod tests {
         value["tokenizer_3"] = serde_json::json!([null, null]);
         std::fs::write(&index, value.to_string()).unwrap();
         let err = load_pipeline(dir.path(), &Device::Cpu).err().unwrap().to_string();
-        assert!(err.contains("tokenizer_3 (T5 tokenizer, needed with text_encoder_3)"), "{err}");
+        assert!(err.contains("tokenizer_3 (T5 tokenizer: tokenizer.json or spiece.model, needed with text_encoder_3)"), "{err}");
         // Without either, the pipeline runs on zero T5 features.
         value["text_encoder_3"] = serde_json::json!([null, null]);
         std::fs::write(&index, value.to_string()).unwrap();
         let loaded = load_pipeline(dir.path(), &Device::Cpu).unwrap();
         let cond = loaded.pipeline.text_encoder.encode(&["a cat"]).unwrap();
         assert_eq!(cond.context.dims(), &[1, 77 + SD3_T5_TOKENS, 96]);
+    }
+
+    /// A pipeline copy whose T5 tokenizer folder holds only testdata/t5_spiece's `spiece.model`.
+    /// Its vocabulary is not the tiny T5 encoders' (256 ids), so this checks loading, not encoding.
+    fn with_spiece_only_t5_tokenizer(pipeline: &str, tokenizer: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        crate::checkpoint::diffusers::tests::copy_dir(&pipelines(pipeline), dir.path());
+        let folder = dir.path().join(tokenizer);
+        std::fs::remove_dir_all(&folder).unwrap();
+        std::fs::create_dir(&folder).unwrap();
+        let spiece = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/t5_spiece/spiece.model");
+        std::fs::copy(spiece, folder.join("spiece.model")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn flux_and_sd3_load_a_t5_tokenizer_folder_with_only_spiece_model() {
+        for (pipeline, tokenizer, family) in
+            [("flux_schnell_tiny", "tokenizer_2", ModelFamily::Flux), ("sd3_tiny", "tokenizer_3", ModelFamily::Sd3)]
+        {
+            let dir = with_spiece_only_t5_tokenizer(pipeline, tokenizer);
+            assert_eq!(load_pipeline(dir.path(), &Device::Cpu).unwrap().family, family, "{pipeline}");
+            // With neither file, the folder is reported missing, naming both files.
+            std::fs::remove_file(dir.path().join(tokenizer).join("spiece.model")).unwrap();
+            let err = load_pipeline(dir.path(), &Device::Cpu).err().unwrap().to_string();
+            assert!(err.contains(&format!("missing {tokenizer} (T5 tokenizer: tokenizer.json or spiece.model")), "{err}");
+            assert!(!err.contains(&format!("found {tokenizer}")) && !err.contains(&format!(", {tokenizer},")), "{err}");
+        }
     }
 }

@@ -73,23 +73,21 @@ impl TokenizerSource {
         match self {
             TokenizerSource::Folder(dir) => {
                 let path = dir.join(name);
-                std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::missing_file(
-                        &path,
-                        format!("the tokenizer folder {} has no {name}", dir.display()),
-                    ),
-                    _ => Error::io(format!("reading {}", path.display()), e),
-                })
+                std::fs::read_to_string(&path).map_err(|e| folder_read_error(dir, name, e))
             }
-            TokenizerSource::Embedded { checkpoint, files } => files.get(name).cloned().ok_or_else(|| {
-                Error::invalid_file(
-                    checkpoint,
-                    format!(
-                        "the tokenizer embedded in this checkpoint has no {name} (it has: {})",
-                        files.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                )
-            }),
+            TokenizerSource::Embedded { checkpoint, files } => {
+                files.get(name).cloned().ok_or_else(|| not_embedded(checkpoint, files, name))
+            }
+        }
+    }
+
+    /// The bytes of one tokenizer file, for binary files (SentencePiece's `spiece.model`).
+    pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
+        match self {
+            TokenizerSource::Folder(dir) => std::fs::read(dir.join(name)).map_err(|e| folder_read_error(dir, name, e)),
+            TokenizerSource::Embedded { checkpoint, files } => {
+                files.get(name).map(|text| text.as_bytes().to_vec()).ok_or_else(|| not_embedded(checkpoint, files, name))
+            }
         }
     }
 
@@ -99,6 +97,26 @@ impl TokenizerSource {
             TokenizerSource::Embedded { files, .. } => files.contains_key(name),
         }
     }
+}
+
+fn folder_read_error(dir: &Path, name: &str, e: std::io::Error) -> Error {
+    let path = dir.join(name);
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            Error::missing_file(&path, format!("the tokenizer folder {} has no {name}", dir.display()))
+        }
+        _ => Error::io(format!("reading {}", path.display()), e),
+    }
+}
+
+fn not_embedded(checkpoint: &Path, files: &BTreeMap<String, String>, name: &str) -> Error {
+    Error::invalid_file(
+        checkpoint,
+        format!(
+            "the tokenizer embedded in this checkpoint has no {name} (it has: {})",
+            files.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    )
 }
 
 /// The kind of source a pipeline came from.

@@ -5,6 +5,7 @@ pub mod clip;
 pub mod clip_conditioner;
 pub mod clip_tokenizer;
 pub mod dit_conditioner;
+pub mod sentencepiece_model;
 pub mod stipple_text;
 pub mod t5;
 pub mod t5_tokenizer;
