@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Reference runs of whole diffusion-transformer pipelines for Stipple: a tiny FluxPipeline (schnell-like and
-dev-like) and a tiny StableDiffusion3Pipeline, assembled from seeded random tiny components and run with
-HuggingFace diffusers on CPU in float32.  Same manifest format (format_version 1) and tolerance rule as
-../vectors (see ../vectors/README.md, sections 2-3); the kinds are described in README.md next to this script.
+dev-like) and two tiny StableDiffusion3Pipelines (SD3-medium-like and SD3.5-medium-like transformers), assembled
+from seeded random tiny components and run with HuggingFace diffusers on CPU in float32, plus single forward
+passes of SD3.5-like transformers (kind sd3_transformer of ../vectors).  Same manifest format (format_version 1)
+and tolerance rule as ../vectors (see ../vectors/README.md, sections 2-3); the kinds are described in README.md
+next to this script.
 
 Usage:
     python make_pipeline_vectors.py OUT_DIR        (normally: python make_pipeline_vectors.py .)
@@ -17,7 +19,9 @@ and tokenizer is built from the configs below with fixed seeds.
 Written:
   OUT_DIR/manifest.json
   OUT_DIR/cases/<kind>/<id>.safetensors (+ .json strings)
-  OUT_DIR/models/flux_schnell_tiny, flux_dev_tiny, sd3_tiny     diffusers save_pretrained pipeline folders
+  OUT_DIR/models/flux_schnell_tiny, flux_dev_tiny, sd3_tiny, sd35_medium_tiny   diffusers save_pretrained pipeline
+                                                                                  folders
+  OUT_DIR/models/sd35_large_tiny_transformer                                     an SD3Transformer2DModel folder
 """
 import argparse
 import importlib.util
@@ -145,6 +149,32 @@ FLUX_TINY = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2
 SD3_TINY = dict(sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8,
                 num_attention_heads=4, joint_attention_dim=96, caption_projection_dim=32, pooled_projection_dim=80,
                 out_channels=16, pos_embed_max_size=32)
+# The components of an SD3 pipeline folder: CLIP-L and OpenCLIP-G-like text encoders (overrides of the shared
+# tiny CLIP config), T5, transformer, VAE.
+SD3_COMPONENTS = dict(
+    clip_l=dict(vocab_size=1000, num_hidden_layers=2, projection_dim=32),
+    clip_g=dict(vocab_size=1000, num_hidden_layers=3, hidden_size=48, intermediate_size=96, num_attention_heads=4,
+                hidden_act="gelu", projection_dim=48),
+    t5=T5_TINY, transformer=SD3_TINY, vae=TINY_VAE)
+# SD3.5-medium's transformer layout (stabilityai/stable-diffusion-3.5-medium: qk_norm "rms_norm", the second
+# image self-attention in blocks 0-12 of 24, the last block context_pre_only as always), shrunk: 3 blocks, the
+# first dual.  The position table is wider than the training grid (sample_size / patch_size), as in SD3.5.  The
+# text encoders are narrower than sd3_tiny's (8 + 12 wide CLIPs, zero-padded to T5's 24) to keep the data small.
+SD35_MEDIUM_TINY = dict(sample_size=16, patch_size=2, in_channels=16, num_layers=3, attention_head_dim=4,
+                        num_attention_heads=2, joint_attention_dim=24, caption_projection_dim=8,
+                        pooled_projection_dim=20, out_channels=16, pos_embed_max_size=12, qk_norm="rms_norm",
+                        dual_attention_layers=(0,))
+SD35_MEDIUM_COMPONENTS = dict(
+    clip_l=dict(num_hidden_layers=2, hidden_size=8, intermediate_size=16, num_attention_heads=2, projection_dim=8),
+    clip_g=dict(num_hidden_layers=2, hidden_size=12, intermediate_size=24, num_attention_heads=2, hidden_act="gelu",
+                projection_dim=12),
+    t5=dict(T5_TINY, d_model=24, d_ff=24, num_layers=1), transformer=SD35_MEDIUM_TINY,
+    vae=dict(TINY_VAE, block_out_channels=[8, 8], norm_num_groups=4))
+# SD3.5-large's transformer layout (stabilityai/stable-diffusion-3.5-large: qk_norm "rms_norm", no dual
+# attention), shrunk; a transformer folder of its own (sd3_transformer case only).
+SD35_LARGE_TINY = dict(sample_size=16, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=4,
+                       num_attention_heads=3, joint_attention_dim=32, caption_projection_dim=12,
+                       pooled_projection_dim=20, out_channels=4, pos_embed_max_size=12, qk_norm="rms_norm")
 
 
 def t5_tokenizer():
@@ -179,21 +209,21 @@ def build_flux(mv, rel_dir, guidance_embeds, seed):
     mv.save_sd_pipeline(pipe, rel_dir, {"tokenizer": tok_files})
 
 
-def build_sd3(mv, rel_dir, seed):
+def build_sd3(mv, rel_dir, seed, sizes=SD3_COMPONENTS):
     """A StableDiffusion3Pipeline folder: CLIP-L and OpenCLIP-G-like CLIPTextModelWithProjection (different widths,
-    so the concatenation and zero padding are visible), T5, SD3Transformer2DModel, 16-channel VAE."""
+    so the concatenation and zero padding are visible), T5, SD3Transformer2DModel, 16-channel VAE; `sizes` as
+    SD3_COMPONENTS (a CLIP vocabulary is as large as its tokenizer's unless `vocab_size` says otherwise)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
     tok, tok_files = sd_vocab_tokenizer(mv)
     tok2, tok2_files = sd_vocab_tokenizer(mv, pad_token="!")
     te = mv.build_model(CLIPTextModelWithProjection, seed, seed + 1,
-                        mv.clip_text_config(tok, num_hidden_layers=2, projection_dim=32))
+                        mv.clip_text_config(tok, **{"vocab_size": len(tok), **sizes["clip_l"]}))
     te2 = mv.build_model(CLIPTextModelWithProjection, seed, seed + 2,
-                         mv.clip_text_config(tok2, num_hidden_layers=3, hidden_size=48, intermediate_size=96,
-                                             num_attention_heads=4, hidden_act="gelu", projection_dim=48))
-    t5 = mv.build_model(T5EncoderModel, seed, seed + 3, T5Config(**T5_TINY))
-    transformer = mv.build_model(SD3Transformer2DModel, seed, seed + 4, **SD3_TINY)
-    vae = mv.build_model(AutoencoderKL, seed, seed + 5, **TINY_VAE)
+                         mv.clip_text_config(tok2, **{"vocab_size": len(tok2), **sizes["clip_g"]}))
+    t5 = mv.build_model(T5EncoderModel, seed, seed + 3, T5Config(**sizes["t5"]))
+    transformer = mv.build_model(SD3Transformer2DModel, seed, seed + 4, **sizes["transformer"])
+    vae = mv.build_model(AutoencoderKL, seed, seed + 5, **sizes["vae"])
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler.from_config(SD3_SCHEDULER),
                                     vae=vae, text_encoder=te, tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok2,
                                     text_encoder_3=t5, tokenizer_3=t5_tokenizer())
@@ -351,6 +381,32 @@ def build(mv, ctx):
                   dict(num_inference_steps=3, guidance_scale=5.0, negative_prompt=SD3_NEGATIVE, **size), 42,
                   "tiny StableDiffusion3Pipeline (CLIP-L 32 + CLIP-G 48 wide, T5 96 wide), CFG 5.0, negative "
                   f"prompt {SD3_NEGATIVE!r}, 3 steps, 32x48, seed 42", extra=sd3_without_t5(mv, sd3_path))
+    sd35_path = os.path.join(ctx.out, "models", "sd35_medium_tiny")
+    build_sd3(mv, sd35_path, 50, SD35_MEDIUM_COMPONENTS)
+    pipeline_case(mv, ctx, "sd35_medium_tiny_2steps", "sd3_pipeline", "models/sd35_medium_tiny",
+                  StableDiffusion3Pipeline, "sd3", dict(num_inference_steps=2, guidance_scale=4.5, height=32, width=16),
+                  52, "tiny StableDiffusion3Pipeline with an SD3.5-medium-like transformer (qk_norm rms_norm, dual "
+                  "attention in block 0 of 3), CFG 4.5, no negative prompt, 2 steps, 16x32, seed 52")
+    sd35_transformer_cases(mv, ctx, sd35_path)
+
+
+def sd35_transformer_cases(mv, ctx, sd35_medium_path):
+    """Single forward passes of SD3.5-like SD3Transformer2DModel (kind sd3_transformer of ../vectors/README.md
+    5.9): the medium-like transformer of the sd35_medium_tiny pipeline, and a large-like one saved on its own.
+    Each model is run as reloaded from its folder."""
+    from diffusers import SD3Transformer2DModel
+    large_rel = "models/sd35_large_tiny_transformer"
+    mv.build_model(SD3Transformer2DModel, 60, 61, **SD35_LARGE_TINY).save_pretrained(
+        os.path.join(ctx.out, large_rel), safe_serialization=True)
+    large = mv.load_model(SD3Transformer2DModel, os.path.join(ctx.out, large_rel))
+    mv.sd3_case(ctx, "sd35_large_tiny", large_rel, large, 2, (8, 12), 20, [500.0, 37.5], 62,
+                "tiny SD3.5-large-like SD3Transformer2DModel (qk_norm rms_norm, 2 joint blocks, the last "
+                "context_pre_only), patch 2, 8x12 latents, batch 2")
+    medium_rel = os.path.relpath(os.path.join(sd35_medium_path, "transformer"), ctx.out)
+    medium = mv.load_model(SD3Transformer2DModel, os.path.join(ctx.out, medium_rel))
+    mv.sd3_case(ctx, "sd35_medium_tiny", medium_rel, medium, 2, (8, 12), 20, [500.0, 37.5], 63,
+                "the SD3.5-medium-like transformer of models/sd35_medium_tiny (qk_norm rms_norm, dual attention "
+                "in block 0 of 3, the last context_pre_only), patch 2, 8x12 latents, batch 2")
 
 
 def worker(out_dir):

@@ -1,4 +1,4 @@
-//! `stipple generate` end to end on the tiny FLUX and SD3 reference pipelines
+//! `stipple generate` end to end on the tiny FLUX, SD3 and SD3.5 reference pipelines
 //! (testdata/pipelines): the same seed and settings give diffusers' image.
 
 mod common;
@@ -15,19 +15,25 @@ fn reference_pixels(case: &str) -> Vec<u8> {
     img.iter().map(|&v| (v * 255.0).round() as u8).collect()
 }
 
-/// Generate with `args` and check the PNG against the case's image: within the case's float
-/// tolerance an 8-bit value can round the other way, never more.
+/// Generate a 32×48 image with `args` and check the PNG against the case's image.
 fn assert_reproduces(model: &str, case: &str, args: &[&str]) -> String {
+    assert_reproduces_at(model, case, (32, 48), args)
+}
+
+/// Generate a `width`×`height` image with `args` and check the PNG against the case's image:
+/// within the case's float tolerance an 8-bit value can round the other way, never more.
+fn assert_reproduces_at(model: &str, case: &str, (width, height): (u32, u32), args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("out.png");
     let model = pipelines().join("models").join(model);
+    let (w_arg, h_arg) = (width.to_string(), height.to_string());
     let mut all = vec!["generate", "a painting of a squirrel eating a burger", "--model", model.to_str().unwrap()];
-    all.extend_from_slice(&["-W", "32", "-H", "48", "-o", png.to_str().unwrap()]);
+    all.extend_from_slice(&["-W", &w_arg, "-H", &h_arg, "-o", png.to_str().unwrap()]);
     all.extend_from_slice(args);
     let out = stipple(&all);
     assert!(out.status.success(), "{}", text(&out));
     let (w, h, pixels, texts) = read_png(&png);
-    assert_eq!((w, h), (32, 48));
+    assert_eq!((w, h), (width, height));
     let reference = reference_pixels(case);
     let worst = pixels.iter().zip(&reference).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
     assert!(worst <= 1, "{case}: pixels differ from diffusers by up to {worst}");
@@ -39,7 +45,7 @@ fn dit_pipelines_match_diffusers_step_by_step() {
     let out = stipple(&["conformance", pipelines().to_str().unwrap()]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("3 passed, 0 failed"), "{t}");
+    assert!(t.contains("6 passed, 0 failed"), "{t}");
 }
 
 #[test]
@@ -62,6 +68,14 @@ fn flux_dev_embeds_the_guidance_scale_and_reproduces_diffusers() {
 fn sd3_with_cfg_and_a_negative_prompt_reproduces_diffusers() {
     let args = ["--seed", "42", "--steps", "3", "--cfg-scale", "5", "-n", "blurry photo"];
     assert_reproduces("sd3_tiny", "sd3_pipeline/sd3_tiny_3steps", &args);
+}
+
+/// SD3.5-medium's transformer layout (RMS query/key norms, a second image self-attention in
+/// the first block) read from the folder's config; no negative prompt.
+#[test]
+fn sd35_medium_reproduces_diffusers() {
+    let args = ["--seed", "52", "--steps", "2", "--cfg-scale", "4.5"];
+    assert_reproduces_at("sd35_medium_tiny", "sd3_pipeline/sd35_medium_tiny_2steps", (16, 32), &args);
 }
 
 /// Copy a pipeline folder so a test can break it.

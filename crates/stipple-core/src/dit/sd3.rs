@@ -2,7 +2,9 @@
 //! projected text tokens pass through joint blocks that attend over both streams at once, each
 //! stream with its own adaptive norms and MLP; the last block only feeds the text stream into the
 //! attention (`context_pre_only`). SD3.5 adds RMS query/key norms (`qk_norm`) and, in the blocks
-//! of `dual_attention_layers`, a second self-attention over the image stream.
+//! of `dual_attention_layers`, a second self-attention over the image stream. Checked against
+//! diffusers by `testdata/vectors` (SD3) and `testdata/pipelines` (SD3.5-large- and
+//! SD3.5-medium-like transformers, and a whole SD3.5-medium-like pipeline).
 
 use std::path::Path;
 
