@@ -56,6 +56,9 @@ pub struct Args {
     /// of every part of the report, in seconds; its numbers mean nothing).
     #[arg(long, requires = "report")]
     quick: bool,
+    /// With --report: prompts per measured setting (default 32; fewer is faster and noisier).
+    #[arg(long, requires = "report", value_name = "N")]
+    report_prompts: Option<usize>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -139,7 +142,11 @@ fn report(args: &Args, pipeline: &stipple_core::pipeline::Pipeline, dir: &std::p
         &std::fs::read(&config_path).with_context(|| format!("the report needs a Stipple DiT model folder; reading {}", config_path.display()))?,
     )
     .with_context(|| format!("parsing {}", config_path.display()))?;
-    let plan = if args.quick { ReportPlan::quick() } else { ReportPlan::standard() };
+    let mut plan = if args.quick { ReportPlan::quick() } else { ReportPlan::standard() };
+    if let Some(n) = args.report_prompts {
+        anyhow::ensure!(n >= 1, "--report-prompts must be at least 1");
+        plan.prompts = n;
+    }
     let d = pipeline.defaults;
     let bar = indicatif::ProgressBar::new(plan.images(d.steps, d.cfg_scale) as u64);
     bar.set_style(
