@@ -167,7 +167,12 @@ fn report(args: &Args, pipeline: &stipple_core::pipeline::Pipeline, dir: &std::p
         date: crate::utc_date(),
         revision: crate::git_revision(),
     };
-    let path = write(&m, &samples, &run, dir).map_err(user_error)?;
+    let log_path = args.model.join("training_log.json");
+    let training: Option<stipple_train::report::TrainingLog> = match std::fs::read(&log_path) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", log_path.display()))?),
+        Err(_) => None,
+    };
+    let path = write(&m, &samples, &run, training.as_ref(), dir).map_err(user_error)?;
     for (i, v) in verdicts(&m).iter().enumerate() {
         println!("claim {}: {} — {}", i + 1, v.verdict, v.evidence);
     }

@@ -85,7 +85,8 @@ fn the_report_writes_every_part() {
         .map(|(i, _)| md[i + 2..].split(')').next().unwrap().to_string())
         .filter(|link| link.ends_with(".png"))
         .collect();
-    assert!(images.len() >= 7, "{images:?}");
+    assert!(images.len() >= 8, "{images:?}");
+    assert!(md.contains("## The model's training run") && images.contains(&"seed-claims/training_loss.png".to_string()), "{md}");
     for image in &images {
         let (w, h, _, _) = common::read_png(&dir.path().join(image));
         assert!(w > 100 && h > 100, "{image}: {w}x{h}");

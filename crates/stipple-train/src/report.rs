@@ -615,9 +615,74 @@ fn curve_at(m: &Measurements, sampler: SamplerKind, steps: &[usize], cfg: f32, y
     Series { label: sampler.to_string(), points }
 }
 
+/// One stage of the model's training run, from its `training_log.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TrainingStage {
+    pub name: String,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub seconds: f64,
+    pub items_per_sec: f64,
+    pub initial_loss: f64,
+    pub final_loss: f64,
+    pub loss_curve: Vec<(usize, f64)>,
+}
+
+/// The model folder's `training_log.json`, as `stipple train` writes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TrainingLog {
+    pub seed: u64,
+    pub stages: Vec<TrainingStage>,
+}
+
+fn training_section(o: &mut String, log: &TrainingLog, assets: &Path) -> Result<()> {
+    let series = log
+        .stages
+        .iter()
+        .map(|st| Series { label: st.name.clone(), points: st.loss_curve.iter().map(|&(x, y)| (x as f64, y)).collect() })
+        .filter(|s| !s.points.is_empty())
+        .collect::<Vec<_>>();
+    let total: f64 = log.stages.iter().map(|s| s.seconds).sum();
+    o.push_str(&format!(
+        "## The model's training run\n\nFrom the model folder's `training_log.json` (seed {}): {:.0} min in all.\n\n| stage | steps × batch | wall time | images/s | loss, first → last logged |\n|---|---|---|---|---|\n",
+        log.seed,
+        total / 60.0
+    ));
+    for st in &log.stages {
+        o.push_str(&format!(
+            "| {} | {} × {} | {:.1} min | {:.1} | {:.4} → {:.4} |\n",
+            st.name,
+            st.steps,
+            st.batch_size,
+            st.seconds / 60.0,
+            st.items_per_sec,
+            st.initial_loss,
+            st.final_loss
+        ));
+    }
+    if !series.is_empty() {
+        let name = chart(
+            &Chart {
+                title: "Training loss (logged averages)".into(),
+                x_label: "step".into(),
+                y_label: "loss".into(),
+                x_scale: Scale::Linear,
+                y_scale: Scale::Log,
+                y_range: None,
+                series,
+            },
+            assets,
+            "training_loss.png",
+        )?;
+        o.push_str(&format!("\n![training loss](seed-claims/{name})\n"));
+    }
+    o.push('\n');
+    Ok(())
+}
+
 /// Write `<dir>/seed-claims.md`, its charts and grids under `<dir>/seed-claims/`, and the raw
-/// numbers as `<dir>/seed-claims/data.json`.
-pub fn write(m: &Measurements, samples: &Samples, run: &RunInfo, dir: &Path) -> Result<PathBuf> {
+/// numbers as `<dir>/seed-claims/data.json`; with the model's training log, a section on the run.
+pub fn write(m: &Measurements, samples: &Samples, run: &RunInfo, training: Option<&TrainingLog>, dir: &Path) -> Result<PathBuf> {
     let assets = dir.join("seed-claims");
     std::fs::create_dir_all(&assets).map_err(|e| io(&assets, e))?;
     let cfg = m.default_cfg;
@@ -712,7 +777,10 @@ pub fn write(m: &Measurements, samples: &Samples, run: &RunInfo, dir: &Path) -> 
     let data_path = assets.join("data.json");
     std::fs::write(&data_path, data).map_err(|e| io(&data_path, e))?;
 
-    let md = markdown(m, samples, run, &verdicts(m), [&c1a, &c1b, &c2, &c3a, &c3b], default_grid, variety_grid);
+    let mut md = markdown(m, samples, run, &verdicts(m), [&c1a, &c1b, &c2, &c3a, &c3b], default_grid, variety_grid);
+    if let Some(log) = training {
+        training_section(&mut md, log, &assets)?;
+    }
     let path = dir.join("seed-claims.md");
     std::fs::write(&path, md).map_err(|e| io(&path, e))?;
     Ok(path)
