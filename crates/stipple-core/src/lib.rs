@@ -24,4 +24,7 @@ pub mod nn;
 pub mod unet;
 pub mod vae;
 
+#[cfg(test)]
+pub(crate) mod test_support;
+
 pub use error::{Error, Result};

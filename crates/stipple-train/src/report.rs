@@ -644,7 +644,7 @@ fn training_section(o: &mut String, log: &TrainingLog, assets: &Path) -> Result<
         .collect::<Vec<_>>();
     let total: f64 = log.stages.iter().map(|s| s.seconds).sum();
     o.push_str(&format!(
-        "## The model's training run\n\nFrom the model folder's `training_log.json` (seed {}): {:.0} min in all.\n\n| stage | steps × batch | wall time | images/s | loss, first → last logged |\n|---|---|---|---|---|\n",
+        "## The model's training run\n\nFrom the model folder's `training_log.json` (seed {}): {:.0} min in all.\n\n| stage | steps × batch | wall time | images/s | loss, first → final |\n|---|---|---|---|---|\n",
         log.seed,
         total / 60.0
     ));

@@ -143,11 +143,9 @@ impl Module for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::Device;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn every_weight_form_computes_the_same_product() {

@@ -277,7 +277,7 @@ impl AttentionCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::{DType, Device, D};
 
     /// Textbook attention with an explicit, unfused softmax.

@@ -230,7 +230,7 @@ impl ConvCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::Device;
 
     fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, before: usize, after: usize) -> Conv2d {

@@ -77,7 +77,7 @@ impl CustomOp2 for GegluCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::{DType, Device, D};
 
     #[test]

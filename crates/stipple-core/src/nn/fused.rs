@@ -605,11 +605,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> candle_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{DType, Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
-    }
 
     /// Value and gradient of `sum(w · f(x))` through the fused op and through the f64 composed form.
     fn check(f: impl Fn(&Tensor) -> candle_core::Result<Tensor>, shape: (usize, usize, usize), scale: f64) {

@@ -93,7 +93,7 @@ impl CustomOp3 for LayerNormCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::Device;
 
     #[test]

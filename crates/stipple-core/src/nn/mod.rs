@@ -22,5 +22,3 @@ pub mod timestep_embedding;
 pub mod trainable;
 pub mod transformer_block;
 
-#[cfg(test)]
-pub(crate) mod test_support;

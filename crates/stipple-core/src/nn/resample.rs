@@ -49,7 +49,7 @@ impl Upsample2D {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::{DType, Device};
 
     fn vb_with(w: &Tensor, b: &Tensor) -> VarBuilder<'static> {

@@ -92,7 +92,7 @@ fn pointwise_projection(vb: VarBuilder, in_dim: usize, out_dim: usize, linear: b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::{DType, Device};
 
     #[test]

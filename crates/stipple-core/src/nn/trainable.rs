@@ -239,12 +239,10 @@ pub fn pixel_shuffle(x: &Tensor, r: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::{DType, Device, Module, Var};
     use candle_nn::VarMap;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
-    }
 
     #[test]
     fn norms_match_candle_kernels() {

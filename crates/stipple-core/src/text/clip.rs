@@ -378,10 +378,11 @@ fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> candle_core::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{load_tensors, max_diff, testdata, token_ids as ids};
     use std::collections::HashMap;
 
     fn tiny_dir() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/models/sd_tiny/text_encoder")
+        testdata("vectors/models/sd_tiny/text_encoder")
     }
 
     fn tiny_config() -> ClipTextConfig {
@@ -390,17 +391,10 @@ mod tests {
     }
 
     fn tiny_weights() -> HashMap<String, Tensor> {
-        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap()
+        load_tensors(&tiny_dir().join("model.safetensors"))
     }
 
-    fn ids(rows: &[&[u32]]) -> Tensor {
-        let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
-    }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn config_reads_plain_and_nested_text_config() {

@@ -199,6 +199,7 @@ impl TextEncoder for SdxlConditioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use std::collections::HashMap;
     use std::path::PathBuf;
 
@@ -229,9 +230,6 @@ mod tests {
         ClipTextModel::new(config, VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu)).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     const PROMPTS: [&str; 2] = ["a painting of a squirrel eating a burger", ""];
 

@@ -169,6 +169,7 @@ impl TextEncoder for Sd3Conditioner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::max_diff;
     use candle_core::DType;
     use std::path::{Path, PathBuf};
 
@@ -186,9 +187,6 @@ mod tests {
         T5Prompts::new(tokenizer, T5EncoderModel::load(&dir.join(sub), DType::F32, &Device::Cpu).unwrap(), tokens).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     const PROMPTS: [&str; 2] = ["a painting of a squirrel", ""];
 

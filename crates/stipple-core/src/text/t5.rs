@@ -379,10 +379,11 @@ impl T5EncoderModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{load_tensors, max_diff, testdata, token_ids as ids};
     use std::collections::HashMap;
 
     fn tiny_dir() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/models/t5_tiny")
+        testdata("vectors/models/t5_tiny")
     }
 
     fn tiny_config() -> T5Config {
@@ -391,17 +392,10 @@ mod tests {
     }
 
     fn tiny_weights() -> HashMap<String, Tensor> {
-        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap()
+        load_tensors(&tiny_dir().join("model.safetensors"))
     }
 
-    fn ids(rows: &[&[u32]]) -> Tensor {
-        let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-        Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
-    }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn buckets_match_transformers_for_short_and_long_distances() {

@@ -339,7 +339,7 @@ impl Denoiser for UNet2DConditionModel {
 mod tests {
     use super::config::tests::{SD15, SD21, SDXL};
     use super::*;
-    use crate::nn::test_support::{RandomBackend, ShapeOnlyBackend};
+    use crate::test_support::{RandomBackend, ShapeOnlyBackend};
 
     fn param_count(config_json: &str) -> usize {
         let config: UNetConfig = serde_json::from_str(config_json).unwrap();
@@ -384,7 +384,7 @@ mod tests {
             let got =
                 Denoiser::forward(&unet, &case["sample"], &case["timestep"], &cond, &ImageInfo::default()).unwrap();
             assert_eq!(got.dtype(), DType::F32);
-            let err = crate::nn::test_support::max_abs_diff(&got, &want);
+            let err = crate::test_support::max_abs_diff(&got, &want);
             assert!(err <= allowance, "{dtype:?}: {err} > {allowance}");
         }
     }
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(a.dims(), &[2, 4, 8, 8]);
         let cropped = ImageInfo { crop_top_left: (16, 0), ..info };
         let b = Denoiser::forward(&unet, &x, &t, &cond, &cropped).unwrap();
-        assert!(crate::nn::test_support::max_abs_diff(&a, &b) > 1e-6);
+        assert!(crate::test_support::max_abs_diff(&a, &b) > 1e-6);
 
         let bad_pooled = Conditioning { pooled: Some(Tensor::zeros((2, 7), DType::F32, &dev).unwrap()), ..cond };
         assert!(Denoiser::forward(&unet, &x, &t, &bad_pooled, &info).unwrap_err().to_string().contains("text_embeds"));
@@ -437,7 +437,7 @@ mod tests {
         let added = Some((&text, &ids));
         let one = unet.forward_with_added(&x, &Tensor::new(&[250f32], &dev).unwrap(), &ctx, added).unwrap();
         let both = unet.forward_with_added(&x, &Tensor::new(&[250f32, 250.], &dev).unwrap(), &ctx, added).unwrap();
-        assert_eq!(crate::nn::test_support::max_abs_diff(&one, &both), 0.0);
+        assert_eq!(crate::test_support::max_abs_diff(&one, &both), 0.0);
         assert!(unet.forward_with_added(&x, &Tensor::new(&[1f32, 2., 3.], &dev).unwrap(), &ctx, added).is_err());
         // Spatial size not a multiple of the downsampling factor: upsampling follows the skips.
         let odd = Tensor::randn(0f32, 1.0, (2, 4, 7, 9), &dev).unwrap();

@@ -90,7 +90,7 @@ impl VaeMidBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{max_abs_diff, seeded};
+    use crate::test_support::{max_abs_diff, seeded};
     use candle_core::{DType, Device};
 
     #[test]

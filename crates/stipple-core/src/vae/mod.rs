@@ -124,7 +124,7 @@ impl Autoencoder for AutoencoderKL {
 mod tests {
     use super::config::tests::{FLUX_VAE, SD_VAE};
     use super::*;
-    use crate::nn::test_support::ShapeOnlyBackend;
+    use crate::test_support::ShapeOnlyBackend;
 
     fn param_count(config_json: &str) -> usize {
         let config: VaeConfig = serde_json::from_str(config_json).unwrap();
@@ -150,7 +150,7 @@ mod tests {
         let dec = load("cases/vae_decode/vae_sd_tiny_decode.safetensors");
         let check = |got: &Tensor, want: &Tensor, rel: f64, what: &str| {
             let max_ref = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
-            let err = crate::nn::test_support::max_abs_diff(got, want);
+            let err = crate::test_support::max_abs_diff(got, want);
             assert!(err <= 1e-6 + rel * max_ref, "{what}: {err}");
         };
         for dtype in [DType::F32, DType::F64] {

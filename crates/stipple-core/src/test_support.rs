@@ -1,4 +1,5 @@
-//! Helpers for the unit tests of the network modules.
+//! Helpers shared by the engine's unit tests: seeded tensors, differences, the repository's
+//! test data, and weight sources for building full-size networks without checkpoints.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -15,6 +16,28 @@ pub(crate) fn seeded(shape: &[usize], seed: u64, dev: &Device) -> Tensor {
     Tensor::from_vec(values, shape, dev).unwrap()
 }
 
+/// Largest absolute elementwise difference, in f32 (shapes must broadcast-match exactly).
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// A path under the repository's `testdata/`.
+pub(crate) fn testdata(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(rel)
+}
+
+/// Every tensor of a safetensors file.
+pub(crate) fn load_tensors(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Token ids `[rows, len]` from equal-length rows.
+pub(crate) fn token_ids(rows: &[&[u32]]) -> Tensor {
+    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap()
+}
+
+/// Largest absolute elementwise difference, in f64 (shapes must match).
 pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims());
     (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
