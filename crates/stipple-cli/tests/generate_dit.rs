@@ -118,7 +118,7 @@ fn partial_folders_list_what_is_found_and_what_is_missing() {
     let t = text(&out);
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("FLUX.1 pipeline is incomplete") && t.contains("text_encoder_2 (T5 encoder)"), "{t}");
-    assert!(t.contains("tokenizer_2 (T5 tokenizer)") && t.contains("found scheduler, text_encoder, tokenizer, transformer, vae"), "{t}");
+    assert!(t.contains("tokenizer_2 (T5 tokenizer: tokenizer.json or spiece.model)") && t.contains("found scheduler, text_encoder, tokenizer, transformer, vae"), "{t}");
 
     // A folder whose denoiser is neither a UNet nor a known transformer.
     let sd3 = dir.path().join("sd3");

@@ -13,13 +13,20 @@
 //!
 //! T5 prompts are padded to FluxPipeline's 512 and StableDiffusion3Pipeline's 256 tokens; an SD3
 //! folder without `text_encoder_3` gets diffusers' zero T5 features.
+//!
+//! Single files (SD, and all-in-one FLUX / SD3 in the original layouts) load like folders; a file
+//! holding only a transformer is pointed to [`LoadOptions::transformer`], and a file lacking other
+//! parts is refused with what it has, what it lacks, and which folders to copy from which
+//! diffusers repository.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use serde_json::Value;
 
-use crate::checkpoint::{self, ComponentWeights, GgufFile, PipelineSource, TransformerArchitecture, TransformerFile};
+use crate::checkpoint::{
+    self, ComponentWeights, GgufFile, PipelineSource, SourceFormat, TransformerArchitecture, TransformerFile,
+};
 use crate::dit::{FluxConfig, FluxTransformer, Sd3Config, Sd3Transformer};
 use crate::layers::ModelWeights;
 use crate::model::{Denoiser, TextEncoder};
@@ -214,11 +221,20 @@ fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
+    let advice = match source.format {
+        SourceFormat::DiffusersFolder => "A diffusers folder lists its components in model_index.json and keeps each \
+             in its own subfolder; download the missing ones from the model's repository"
+            .to_string(),
+        SourceFormat::SingleFile { family } => {
+            // The component names alone ("tokenizer_3"), without what each one is.
+            let names: Vec<&str> = problems.iter().map(|p| p.split(' ').next().unwrap_or(p)).collect();
+            format!("To complete it: {}", checkpoint::single_file::missing_advice(&source.origin, family, &names))
+        }
+    };
     Err(Error::missing_file(
         &source.origin,
         format!(
-            "this {} pipeline is incomplete: missing {}; found {}. A diffusers folder lists its components in \
-             model_index.json and keeps each in its own subfolder; download the missing ones from the model's repository",
+            "this {} pipeline is incomplete: missing {}; found {}. {advice}",
             family.name(),
             problems.join(", "),
             found.join(", ")
@@ -230,8 +246,9 @@ fn check_complete(source: &PipelineSource, family: ModelFamily) -> Result<()> {
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Transformer weights to use instead of the folder's (FLUX and SD3): a GGUF or `.safetensors`
-    /// file in diffusers' layout (as `stipple quantize` writes it) or FLUX's original one (Black
-    /// Forest Labs' release files, the community's GGUF files); quantized or float. The folder
+    /// file in diffusers' layout (as `stipple quantize` writes it) or the original ones (Black
+    /// Forest Labs' FLUX release files, the community's GGUF files, Stability's SD3 / SD3.5 files);
+    /// quantized or float. The folder
     /// still gives the config and the other parts.
     pub transformer: Option<PathBuf>,
 }
@@ -244,13 +261,17 @@ pub fn load_pipeline(path: &Path, device: &Device) -> Result<LoadedModel> {
 /// [`load_pipeline`] with options.
 pub fn load_pipeline_with(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
     if path.is_file() {
-        // A lone transformer (GGUF, or BFL's / diffusers' transformer-only safetensors) is not a
-        // pipeline; anything else goes on to the single-file checkpoint reader.
+        // A lone transformer (GGUF, or a transformer-only safetensors in diffusers', BFL's or
+        // Stability's layout) is not a pipeline; a file that also holds other models (an
+        // all-in-one FLUX / SD3 checkpoint) goes on to the single-file checkpoint reader.
         if GgufFile::is_gguf(path) {
             return Err(refuse_transformer_as_model(&TransformerFile::open(path)?));
         }
         if let Ok(file) = TransformerFile::open(path) {
-            return Err(refuse_transformer_as_model(&file));
+            let holds_more = checkpoint::open_pipeline(path).is_ok_and(|s| s.model_names().any(|n| n != "transformer"));
+            if !holds_more {
+                return Err(refuse_transformer_as_model(&file));
+            }
         }
     }
     let source = checkpoint::open_pipeline(path)?;
@@ -536,6 +557,62 @@ mod tests {
             let err = load_pipeline(dir.path(), &Device::Cpu).err().unwrap().to_string();
             assert!(err.contains(&format!("missing {tokenizer} (T5 tokenizer: tokenizer.json or spiece.model")), "{err}");
             assert!(!err.contains(&format!("found {tokenizer}")) && !err.contains(&format!(", {tokenizer},")), "{err}");
+        }
+    }
+
+    /// testdata/single_file/`name`.safetensors with only the tensors under `prefixes`, metadata kept.
+    fn single_file_part(name: &str, prefixes: &[&str], dir: &Path) -> PathBuf {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../testdata/single_file/{name}.safetensors"));
+        let bytes = std::fs::read(source).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let kept: Vec<(String, safetensors::tensor::TensorView)> =
+            tensors.tensors().into_iter().filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p))).collect();
+        let path = dir.join(format!("{name}_part.safetensors"));
+        safetensors::serialize_to_file(kept, header.metadata().clone(), &path).unwrap();
+        path
+    }
+
+    #[test]
+    fn all_in_one_files_load_as_their_family() {
+        let file = |name: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../testdata/single_file/{name}.safetensors"));
+        let sd3 = load_pipeline(&file("sd3_tiny"), &Device::Cpu).unwrap();
+        assert_eq!((sd3.family, sd3.pipeline_class.as_str()), (ModelFamily::Sd3, "StableDiffusion3Pipeline"));
+        let schnell = load_pipeline(&file("flux_schnell_tiny"), &Device::Cpu).unwrap();
+        assert_eq!((schnell.family, schnell.pipeline.defaults.steps), (ModelFamily::Flux, 4));
+    }
+
+    #[test]
+    fn partial_single_files_list_found_and_missing_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        // FLUX transformer + VAE, no text encoders (tokenizers are in the metadata).
+        let path = single_file_part("flux_schnell_tiny", &["model.diffusion_model.", "vae."], dir.path());
+        let err = load_pipeline(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("FLUX.1 pipeline is incomplete: missing text_encoder (CLIP-L text encoder), text_encoder_2 (T5 encoder)"), "{err}");
+        assert!(err.contains("found scheduler, tokenizer, tokenizer_2, transformer, vae"), "{err}");
+        assert!(err.contains("holds no weights for text_encoder, text_encoder_2"), "{err}");
+        // SD3 without tokenizers in the metadata or beside the file: which folders from where.
+        let path = single_file_part("sd35_medium_tiny", &["model.diffusion_model.", "first_stage_model.", "text_encoders."], dir.path());
+        let err = load_pipeline(&path, &Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("missing tokenizer (CLIP-L tokenizer), tokenizer_2 (OpenCLIP-G tokenizer)"), "{err}");
+        assert!(err.contains("copy the folder(s) `tokenizer/`, `tokenizer_2/`, `tokenizer_3/` of the diffusers repository stabilityai/stable-diffusion-3.5-medium"), "{err}");
+        // Given the folders, it loads.
+        for tokenizer in ["tokenizer", "tokenizer_2", "tokenizer_3"] {
+            crate::checkpoint::diffusers::tests::copy_dir(&pipelines("sd35_medium_tiny").join(tokenizer), &dir.path().join(tokenizer));
+        }
+        assert_eq!(load_pipeline(&path, &Device::Cpu).unwrap().family, ModelFamily::Sd3);
+    }
+
+    #[test]
+    fn transformer_only_original_files_point_to_transformer_option() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, layout) in [("flux_dev_tiny", "FLUX.1 transformer"), ("sd3_tiny", "SD3 transformer")] {
+            let path = single_file_part(name, &["model.diffusion_model."], dir.path());
+            let err = load_pipeline(&path, &Device::Cpu).err().unwrap().to_string();
+            assert!(err.contains(layout) && err.contains("--transformer") && err.contains("original"), "{err}");
+            // As --transformer with the diffusers folder, it is the folder's own transformer.
+            let options = LoadOptions { transformer: Some(path) };
+            assert!(load_pipeline_with(&pipelines(name), &options, &Device::Cpu).is_ok(), "{name}");
         }
     }
 }

@@ -4,9 +4,13 @@
 //! `convert_flux_transformer_checkpoint_to_diffusers`: fused projections are cut into row ranges
 //! (`qkv` → `to_q`/`to_k`/`to_v`; `linear1` → `to_q`/`to_k`/`to_v`/`proj_mlp`) and the final
 //! modulation's halves are swapped (BFL: shift, scale; diffusers: scale, shift).
+//!
+//! The row selections and the [`Mapping`] builder are shared with SD3's original layout
+//! (`sd3_layout.rs`).
 
 use std::ops::Range;
 
+use super::store::Transform;
 use crate::{Error, Result};
 
 /// Which rows (indices along the first dimension) of a stored tensor a model tensor is.
@@ -29,6 +33,15 @@ impl RowSelect {
         }
     }
 
+    /// The store transform that reads these rows.
+    pub fn transform(&self) -> Transform {
+        match *self {
+            RowSelect::All => Transform::Identity,
+            RowSelect::Range(start, end) => Transform::Rows { start, len: end - start },
+            RowSelect::SwapHalves => Transform::SwapHalves,
+        }
+    }
+
     /// How many rows the selection yields from `rows`.
     pub fn len(&self, rows: usize) -> usize {
         match *self {
@@ -46,6 +59,53 @@ pub struct Mapped {
     pub rows: RowSelect,
 }
 
+/// Builds the list of [`Mapped`] tensors of an original layout.
+pub(crate) struct Mapping<'a> {
+    rows_of: &'a dyn Fn(&str) -> Option<usize>,
+    out: Vec<Mapped>,
+}
+
+impl<'a> Mapping<'a> {
+    pub fn new(rows_of: &'a dyn Fn(&str) -> Option<usize>) -> Mapping<'a> {
+        Mapping { rows_of, out: Vec::new() }
+    }
+
+    pub fn rows_of(&self, stored: &str) -> Option<usize> {
+        (self.rows_of)(stored)
+    }
+
+    /// How many blocks `{prefix}.{i}.{probe}` exist, counting from 0.
+    pub fn count(&self, prefix: &str, probe: &str) -> usize {
+        (0..).take_while(|i| self.rows_of(&format!("{prefix}.{i}.{probe}")).is_some()).count()
+    }
+
+    /// One tensor.
+    pub fn tensor(&mut self, model: impl Into<String>, stored: impl Into<String>, rows: RowSelect) {
+        self.out.push(Mapped { model: model.into(), stored: stored.into(), rows });
+    }
+
+    /// A linear layer: weight and bias, optionally a row selection of a fused one.
+    pub fn linear(&mut self, model: &str, stored: &str, rows: RowSelect) {
+        for part in ["weight", "bias"] {
+            self.tensor(format!("{model}.{part}"), format!("{stored}.{part}"), rows.clone());
+        }
+    }
+
+    /// The list, or which stored tensors are missing (`what` names the model in the message).
+    pub fn finish(self, what: &str) -> Result<Vec<Mapped>> {
+        let missing: Vec<&str> =
+            self.out.iter().filter(|m| (self.rows_of)(&m.stored).is_none()).map(|m| m.stored.as_str()).collect();
+        if !missing.is_empty() {
+            return Err(Error::Unsupported(format!(
+                "the original-layout {what} lacks {} tensor(s): {}",
+                missing.len(),
+                missing.iter().take(8).copied().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(self.out)
+    }
+}
+
 /// The key that marks the original layout.
 pub const MARKER: &str = "double_blocks.0.img_attn.qkv.weight";
 
@@ -55,13 +115,7 @@ pub const MARKER: &str = "double_blocks.0.img_attn.qkv.weight";
 pub fn flux_original(rows_of: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Mapped>> {
     let inner = rows_of("img_in.weight")
         .ok_or_else(|| Error::Unsupported("an original-layout FLUX transformer needs `img_in.weight`".into()))?;
-    let mut out = Vec::new();
-    // A linear layer: weight and bias, optionally a row selection of a fused one.
-    let mut linear = |model: &str, stored: &str, rows: RowSelect| {
-        for part in ["weight", "bias"] {
-            out.push(Mapped { model: format!("{model}.{part}"), stored: format!("{stored}.{part}"), rows: rows.clone() });
-        }
-    };
+    let mut m = Mapping::new(rows_of);
     for (model, stored) in [
         ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
         ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"),
@@ -71,74 +125,56 @@ pub fn flux_original(rows_of: &dyn Fn(&str) -> Option<usize>) -> Result<Vec<Mapp
         ("x_embedder", "img_in"),
         ("proj_out", "final_layer.linear"),
     ] {
-        linear(model, stored, RowSelect::All);
+        m.linear(model, stored, RowSelect::All);
     }
     if rows_of("guidance_in.in_layer.weight").is_some() {
-        linear("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer", RowSelect::All);
-        linear("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer", RowSelect::All);
+        m.linear("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer", RowSelect::All);
+        m.linear("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer", RowSelect::All);
     }
-    linear("norm_out.linear", "final_layer.adaLN_modulation.1", RowSelect::SwapHalves);
+    m.linear("norm_out.linear", "final_layer.adaLN_modulation.1", RowSelect::SwapHalves);
     let thirds = |k: usize| RowSelect::Range(k * inner, (k + 1) * inner);
 
-    let count = |prefix: &str, probe: &str| (0..).take_while(|i| rows_of(&format!("{prefix}.{i}.{probe}")).is_some()).count();
-    for i in 0..count("double_blocks", "img_attn.qkv.weight") {
-        let (m, s) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
-        linear(&format!("{m}.norm1.linear"), &format!("{s}.img_mod.lin"), RowSelect::All);
-        linear(&format!("{m}.norm1_context.linear"), &format!("{s}.txt_mod.lin"), RowSelect::All);
+    let double_blocks = m.count("double_blocks", "img_attn.qkv.weight");
+    for i in 0..double_blocks {
+        let (d, s) = (format!("transformer_blocks.{i}"), format!("double_blocks.{i}"));
+        m.linear(&format!("{d}.norm1.linear"), &format!("{s}.img_mod.lin"), RowSelect::All);
+        m.linear(&format!("{d}.norm1_context.linear"), &format!("{s}.txt_mod.lin"), RowSelect::All);
         for (k, name) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
-            linear(&format!("{m}.attn.{name}"), &format!("{s}.img_attn.qkv"), thirds(k));
+            m.linear(&format!("{d}.attn.{name}"), &format!("{s}.img_attn.qkv"), thirds(k));
         }
         for (k, name) in ["add_q_proj", "add_k_proj", "add_v_proj"].into_iter().enumerate() {
-            linear(&format!("{m}.attn.{name}"), &format!("{s}.txt_attn.qkv"), thirds(k));
+            m.linear(&format!("{d}.attn.{name}"), &format!("{s}.txt_attn.qkv"), thirds(k));
         }
-        linear(&format!("{m}.ff.net.0.proj"), &format!("{s}.img_mlp.0"), RowSelect::All);
-        linear(&format!("{m}.ff.net.2"), &format!("{s}.img_mlp.2"), RowSelect::All);
-        linear(&format!("{m}.ff_context.net.0.proj"), &format!("{s}.txt_mlp.0"), RowSelect::All);
-        linear(&format!("{m}.ff_context.net.2"), &format!("{s}.txt_mlp.2"), RowSelect::All);
-        linear(&format!("{m}.attn.to_out.0"), &format!("{s}.img_attn.proj"), RowSelect::All);
-        linear(&format!("{m}.attn.to_add_out"), &format!("{s}.txt_attn.proj"), RowSelect::All);
+        m.linear(&format!("{d}.ff.net.0.proj"), &format!("{s}.img_mlp.0"), RowSelect::All);
+        m.linear(&format!("{d}.ff.net.2"), &format!("{s}.img_mlp.2"), RowSelect::All);
+        m.linear(&format!("{d}.ff_context.net.0.proj"), &format!("{s}.txt_mlp.0"), RowSelect::All);
+        m.linear(&format!("{d}.ff_context.net.2"), &format!("{s}.txt_mlp.2"), RowSelect::All);
+        m.linear(&format!("{d}.attn.to_out.0"), &format!("{s}.img_attn.proj"), RowSelect::All);
+        m.linear(&format!("{d}.attn.to_add_out"), &format!("{s}.txt_attn.proj"), RowSelect::All);
+        // The RMS norms' scales are single tensors.
+        m.tensor(format!("{d}.attn.norm_q.weight"), format!("{s}.img_attn.norm.query_norm.scale"), RowSelect::All);
+        m.tensor(format!("{d}.attn.norm_k.weight"), format!("{s}.img_attn.norm.key_norm.scale"), RowSelect::All);
+        m.tensor(format!("{d}.attn.norm_added_q.weight"), format!("{s}.txt_attn.norm.query_norm.scale"), RowSelect::All);
+        m.tensor(format!("{d}.attn.norm_added_k.weight"), format!("{s}.txt_attn.norm.key_norm.scale"), RowSelect::All);
     }
-    let single_blocks = count("single_blocks", "linear1.weight");
-    for i in 0..single_blocks {
-        let (m, s) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
-        let fused = rows_of(&format!("{s}.linear1.weight")).unwrap_or(0);
+    for i in 0..m.count("single_blocks", "linear1.weight") {
+        let (d, s) = (format!("single_transformer_blocks.{i}"), format!("single_blocks.{i}"));
+        let fused = m.rows_of(&format!("{s}.linear1.weight")).unwrap_or(0);
         if fused <= 3 * inner {
             return Err(Error::Unsupported(format!(
                 "`{s}.linear1.weight` has {fused} rows; FLUX's fused q/k/v/MLP projection has more than 3 × {inner}"
             )));
         }
-        linear(&format!("{m}.norm.linear"), &format!("{s}.modulation.lin"), RowSelect::All);
+        m.linear(&format!("{d}.norm.linear"), &format!("{s}.modulation.lin"), RowSelect::All);
         for (k, name) in ["to_q", "to_k", "to_v"].into_iter().enumerate() {
-            linear(&format!("{m}.attn.{name}"), &format!("{s}.linear1"), thirds(k));
+            m.linear(&format!("{d}.attn.{name}"), &format!("{s}.linear1"), thirds(k));
         }
-        linear(&format!("{m}.proj_mlp"), &format!("{s}.linear1"), RowSelect::Range(3 * inner, fused));
-        linear(&format!("{m}.proj_out"), &format!("{s}.linear2"), RowSelect::All);
+        m.linear(&format!("{d}.proj_mlp"), &format!("{s}.linear1"), RowSelect::Range(3 * inner, fused));
+        m.linear(&format!("{d}.proj_out"), &format!("{s}.linear2"), RowSelect::All);
+        m.tensor(format!("{d}.attn.norm_q.weight"), format!("{s}.norm.query_norm.scale"), RowSelect::All);
+        m.tensor(format!("{d}.attn.norm_k.weight"), format!("{s}.norm.key_norm.scale"), RowSelect::All);
     }
-
-    // The RMS norms' scales are single tensors.
-    let mut scale = |model: String, stored: String| out.push(Mapped { model, stored, rows: RowSelect::All });
-    for i in 0..count("double_blocks", "img_attn.qkv.weight") {
-        let (m, s) = (format!("transformer_blocks.{i}.attn"), format!("double_blocks.{i}"));
-        scale(format!("{m}.norm_q.weight"), format!("{s}.img_attn.norm.query_norm.scale"));
-        scale(format!("{m}.norm_k.weight"), format!("{s}.img_attn.norm.key_norm.scale"));
-        scale(format!("{m}.norm_added_q.weight"), format!("{s}.txt_attn.norm.query_norm.scale"));
-        scale(format!("{m}.norm_added_k.weight"), format!("{s}.txt_attn.norm.key_norm.scale"));
-    }
-    for i in 0..single_blocks {
-        let (m, s) = (format!("single_transformer_blocks.{i}.attn"), format!("single_blocks.{i}"));
-        scale(format!("{m}.norm_q.weight"), format!("{s}.norm.query_norm.scale"));
-        scale(format!("{m}.norm_k.weight"), format!("{s}.norm.key_norm.scale"));
-    }
-
-    let missing: Vec<&str> = out.iter().filter(|m| rows_of(&m.stored).is_none()).map(|m| m.stored.as_str()).collect();
-    if !missing.is_empty() {
-        return Err(Error::Unsupported(format!(
-            "the original-layout FLUX transformer lacks {} tensor(s): {}",
-            missing.len(),
-            missing.iter().take(8).copied().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(out)
+    m.finish("FLUX transformer")
 }
 
 #[cfg(test)]

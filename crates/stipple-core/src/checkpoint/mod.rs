@@ -4,9 +4,11 @@
 //! Sources:
 //! * a diffusers pipeline folder (`model_index.json` + component subfolders) — [`open_pipeline`];
 //! * a bare component folder (`config.json` + weights) — [`open_component`];
-//! * a single `.safetensors` checkpoint of SD 1.x / 2.x / SDXL in the original (CompVis /
-//!   Stability) layout — [`open_pipeline`]; see [`single_file`] for how configs and tokenizers
-//!   are found; [`to_single_file`] writes one from a diffusers folder.
+//! * a single `.safetensors` checkpoint in the original layout: SD 1.x / 2.x / SDXL (CompVis /
+//!   Stability), all-in-one FLUX.1 (BFL's transformer with CLIP-L, T5 and VAE, as ComfyUI ships
+//!   them), SD3 / SD3.5 (Stability's MMDiT, alone or with its text encoders and VAE) —
+//!   [`open_pipeline`]; see [`single_file`] for how families, configs and tokenizers are found;
+//!   [`to_single_file`] writes an SD-family one from a diffusers folder.
 //!
 //! Every safetensors header is validated before use ([`SafetensorsFile`]); tensors are read
 //! lazily from memory-mapped files when a model asks for them, converted to the requested dtype,
@@ -29,6 +31,7 @@ mod convert;
 mod default_configs;
 pub(crate) mod diffusers;
 pub mod flux_layout;
+pub mod sd3_layout;
 pub mod gguf;
 mod gguf_weights;
 mod quantize;

@@ -12,14 +12,29 @@
 //! | `conditioner.embedders.0.transformer.` | SDXL CLIP ViT-L | `text_encoder` |
 //! | `conditioner.embedders.1.model.` | SDXL OpenCLIP ViT-bigG | `text_encoder_2` |
 //!
+//! All-in-one FLUX.1 files (ComfyUI's `flux1-dev-fp8.safetensors` ...) and SD3 / SD3.5 files
+//! (`sd3_medium_incl_clips_t5xxlfp16.safetensors` ...) use other prefixes:
+//!
+//! | prefix | model | FLUX component | SD3 component |
+//! |---|---|---|---|
+//! | `model.diffusion_model.` | transformer: BFL's (`double_blocks`) / Stability's (`joint_blocks`) layout | `transformer` | `transformer` |
+//! | `vae.` or `first_stage_model.` | 16-channel VAE in the LDM layout | `vae` | `vae` |
+//! | `text_encoders.clip_l.transformer.` | CLIP-L, transformers' layout | `text_encoder` | `text_encoder` |
+//! | `text_encoders.clip_g.transformer.` | OpenCLIP-G, transformers' layout | — | `text_encoder_2` |
+//! | `text_encoders.t5xxl.transformer.` | T5-XXL encoder, transformers' layout | `text_encoder_2` | `text_encoder_3` |
+//!
 //! The tables follow diffusers' `convert_from_ckpt.py` / `single_file_utils.py` and its inverse
 //! `convert_diffusers_to_original_stable_diffusion.py`; block indices are derived from the
 //! component's config (`layers_per_block`, block types), so they hold for any block count.
+//! The transformers' fused projections are not prefix renames; their tables are in
+//! `flux_layout.rs` and `sd3_layout.rs` ([`transformer_tensors`]).
 
 use serde_json::Value;
 
+use super::flux_layout::{self, Mapped};
 use super::key_rules::{RuleTable, TensorKind};
 use super::safetensors_file::SafetensorsFile;
+use super::sd3_layout;
 
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
@@ -29,6 +44,12 @@ pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
 pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 /// The SDXL refiner's only text encoder (OpenCLIP bigG as embedder 0): not supported.
 const SDXL_REFINER_PREFIX: &str = "conditioner.embedders.0.model.";
+/// The all-in-one FLUX / SD3 files' text encoders and VAE.
+pub const CLIP_L_PREFIX: &str = "text_encoders.clip_l.transformer.";
+pub const CLIP_G_PREFIX: &str = "text_encoders.clip_g.transformer.";
+pub const T5XXL_PREFIX: &str = "text_encoders.t5xxl.transformer.";
+const TEXT_ENCODERS_PREFIX: &str = "text_encoders.";
+pub const VAE_SHORT_PREFIX: &str = "vae.";
 
 /// The Stable Diffusion generation a single file belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +60,16 @@ pub enum Family {
     Sd2,
     /// SDXL base: CLIP ViT-L + OpenCLIP ViT-bigG, 2048-wide cross-attention.
     Sdxl,
+    /// FLUX.1-dev (and other guidance-distilled FLUX.1): the transformer has `guidance_in`.
+    FluxDev,
+    /// FLUX.1-schnell: no guidance embedding.
+    FluxSchnell,
+    /// SD3-medium: MMDiT without query/key norms.
+    Sd3,
+    /// SD3.5-medium: query/key norms and dual-attention blocks.
+    Sd35Medium,
+    /// SD3.5-large: query/key norms, no dual attention.
+    Sd35Large,
 }
 
 /// The network a component's keys describe.
@@ -50,6 +81,12 @@ pub enum Architecture {
     HfClip,
     /// OpenCLIP text tower, mapped to transformers' CLIPTextModel(WithProjection).
     OpenClip { projection: bool },
+    /// T5 encoder stored in transformers' own layout.
+    HfT5,
+    /// FLUX transformer in BFL's layout.
+    FluxTransformer,
+    /// SD3 MMDiT in Stability's layout.
+    Sd3Transformer,
 }
 
 /// Where one diffusers component lives in a single file.
@@ -81,12 +118,34 @@ const SDXL_LAYOUT: &[ComponentLayout] = &[
     layout("text_encoder_2", SDXL_OPEN_CLIP_PREFIX, Architecture::OpenClip { projection: true }),
 ];
 
+// Two VAE prefixes: the first one present is read (diffusers' LDM_VAE_KEYS).
+const FLUX_LAYOUT: &[ComponentLayout] = &[
+    layout("transformer", UNET_PREFIX, Architecture::FluxTransformer),
+    layout("vae", VAE_SHORT_PREFIX, Architecture::Vae),
+    layout("vae", VAE_PREFIX, Architecture::Vae),
+    layout("text_encoder", CLIP_L_PREFIX, Architecture::HfClip),
+    layout("text_encoder_2", T5XXL_PREFIX, Architecture::HfT5),
+];
+const SD3_LAYOUT: &[ComponentLayout] = &[
+    layout("transformer", UNET_PREFIX, Architecture::Sd3Transformer),
+    layout("vae", VAE_PREFIX, Architecture::Vae),
+    layout("vae", VAE_SHORT_PREFIX, Architecture::Vae),
+    layout("text_encoder", CLIP_L_PREFIX, Architecture::HfClip),
+    layout("text_encoder_2", CLIP_G_PREFIX, Architecture::HfClip),
+    layout("text_encoder_3", T5XXL_PREFIX, Architecture::HfT5),
+];
+
 impl Family {
     pub fn name(self) -> &'static str {
         match self {
             Family::Sd1 => "Stable Diffusion 1.x",
             Family::Sd2 => "Stable Diffusion 2.x",
             Family::Sdxl => "Stable Diffusion XL",
+            Family::FluxDev => "FLUX.1-dev",
+            Family::FluxSchnell => "FLUX.1-schnell",
+            Family::Sd3 => "Stable Diffusion 3",
+            Family::Sd35Medium => "Stable Diffusion 3.5 Medium",
+            Family::Sd35Large => "Stable Diffusion 3.5 Large",
         }
     }
 
@@ -95,6 +154,8 @@ impl Family {
         match self {
             Family::Sd1 | Family::Sd2 => "StableDiffusionPipeline",
             Family::Sdxl => "StableDiffusionXLPipeline",
+            Family::FluxDev | Family::FluxSchnell => "FluxPipeline",
+            Family::Sd3 | Family::Sd35Medium | Family::Sd35Large => "StableDiffusion3Pipeline",
         }
     }
 
@@ -104,6 +165,8 @@ impl Family {
             Family::Sd1 => SD1_LAYOUT,
             Family::Sd2 => SD2_LAYOUT,
             Family::Sdxl => SDXL_LAYOUT,
+            Family::FluxDev | Family::FluxSchnell => FLUX_LAYOUT,
+            Family::Sd3 | Family::Sd35Medium | Family::Sd35Large => SD3_LAYOUT,
         }
     }
 
@@ -111,14 +174,39 @@ impl Family {
     pub fn tokenizers(self) -> &'static [&'static str] {
         match self {
             Family::Sd1 | Family::Sd2 => &["tokenizer"],
-            Family::Sdxl => &["tokenizer", "tokenizer_2"],
+            Family::Sdxl | Family::FluxDev | Family::FluxSchnell => &["tokenizer", "tokenizer_2"],
+            Family::Sd3 | Family::Sd35Medium | Family::Sd35Large => &["tokenizer", "tokenizer_2", "tokenizer_3"],
         }
     }
 
-    /// Tell the family from a file's keys (text encoder prefixes first, then the UNet's
-    /// cross-attention width for files without text encoders).
+    /// Tell the family from a file's keys: the transformer's layout (FLUX, SD3), then text
+    /// encoder prefixes, then the UNet's cross-attention width for files without text encoders.
     pub fn detect(file: &SafetensorsFile) -> std::result::Result<Family, String> {
         let has = |prefix: &str| file.tensors_with_prefix(prefix).next().is_some();
+        let transformer = |name: &str| file.info(&format!("{UNET_PREFIX}{name}")).is_some();
+        if transformer(flux_layout::MARKER) {
+            // As diffusers' infer_diffusers_model_type: dev has the guidance embedding.
+            return Ok(if transformer("guidance_in.in_layer.weight") { Family::FluxDev } else { Family::FluxSchnell });
+        }
+        if transformer(sd3_layout::MARKER) {
+            let qk_norm = transformer("joint_blocks.0.x_block.attn.ln_q.weight");
+            let dual_attention = transformer("joint_blocks.0.x_block.attn2.qkv.weight");
+            return Ok(match (qk_norm, dual_attention) {
+                (false, _) => Family::Sd3,
+                (true, true) => Family::Sd35Medium,
+                (true, false) => Family::Sd35Large,
+            });
+        }
+        if has(CLIP_G_PREFIX) {
+            return Ok(Family::Sd3);
+        }
+        if has(TEXT_ENCODERS_PREFIX) {
+            return Err(format!(
+                "the file holds text encoders (`{TEXT_ENCODERS_PREFIX}*`) but no FLUX or SD3 transformer under \
+                 `{UNET_PREFIX}`, so it is no model Stipple can run; use a file that includes the transformer, or the \
+                 model's diffusers folder"
+            ));
+        }
         if has(SDXL_OPEN_CLIP_PREFIX) {
             return Ok(Family::Sdxl);
         }
@@ -148,8 +236,9 @@ impl Family {
             )),
             None => Err(format!(
                 "no Stable Diffusion keys found (expected keys under `{UNET_PREFIX}`, `{VAE_PREFIX}`, \
-                 `cond_stage_model.` or `conditioner.embedders.`): Stipple reads single files of SD 1.x, SD 2.x and \
-                 SDXL in the original layout; for other models use a diffusers folder"
+                 `cond_stage_model.`, `conditioner.embedders.` or `{TEXT_ENCODERS_PREFIX}`): Stipple reads single \
+                 files of SD 1.x, SD 2.x, SDXL, FLUX.1 and SD3 / SD3.5 in the original layout; for other models use a \
+                 diffusers folder"
             )),
         }
     }
@@ -185,6 +274,28 @@ pub fn component_rules(layout: &ComponentLayout, config: &Value) -> std::result:
             let layers = usize_field(config, "num_hidden_layers")?;
             Ok(open_clip_rules(layout.prefix, layers, projection))
         }
+        Architecture::HfT5 => {
+            let mut t = RuleTable::default();
+            t.add(layout.prefix, "");
+            Ok(t)
+        }
+        Architecture::FluxTransformer | Architecture::Sd3Transformer => {
+            Err("a transformer's fused projections are mapped by `transformer_tensors`, not renamed".into())
+        }
+    }
+}
+
+/// The diffusers tensors of a transformer component in the original layout, `rows_of` giving the
+/// first dimension of a stored tensor named without the layout's prefix; `None` for components
+/// that are prefix renames ([`component_rules`]).
+pub fn transformer_tensors(
+    layout: &ComponentLayout,
+    rows_of: &dyn Fn(&str) -> Option<usize>,
+) -> Option<crate::Result<Vec<Mapped>>> {
+    match layout.architecture {
+        Architecture::FluxTransformer => Some(flux_layout::flux_original(rows_of)),
+        Architecture::Sd3Transformer => Some(sd3_layout::sd3_original(rows_of)),
+        _ => None,
     }
 }
 
@@ -344,6 +455,8 @@ fn vae_rules(p: &str, config: &Value) -> std::result::Result<RuleTable, String> 
 fn hf_clip_rules(p: &str) -> RuleTable {
     let mut t = RuleTable::default();
     t.add(format!("{p}text_model."), "text_model.");
+    // CLIPTextModelWithProjection's projection (SD3's CLIP-L and CLIP-G).
+    t.add(format!("{p}text_projection."), "text_projection.");
     // Checkpoints saved with transformers < 4.x lack the `text_model.` level.
     t.add_read_only(p, "text_model.");
     t

@@ -1,5 +1,19 @@
-//! Single-file Stable Diffusion checkpoints (SD 1.x, SD 2.x, SDXL base) in the original key
-//! layout, read as diffusers-named components (the key correspondence is in `original_layout.rs`).
+//! Single-file checkpoints in the original key layouts, read as diffusers-named components (the
+//! key correspondence is in `original_layout.rs`, `flux_layout.rs` and `sd3_layout.rs`):
+//!
+//! * Stable Diffusion 1.x, 2.x and SDXL base (CompVis / Stability layout);
+//! * all-in-one FLUX.1-dev / -schnell files (ComfyUI's `flux1-dev-fp8.safetensors` ...: BFL's
+//!   transformer under `model.diffusion_model.`, `text_encoders.clip_l` / `t5xxl`, the VAE under
+//!   `vae.` or `first_stage_model.`);
+//! * SD3 / SD3.5 files in Stability's layout (`sd3_medium.safetensors`, MMDiT only, and
+//!   `sd3_medium_incl_clips_t5xxlfp16.safetensors`, with `text_encoders.clip_l` / `clip_g` /
+//!   `t5xxl` and the VAE).
+//!
+//! The family is told by the tensors (`Family::detect`), never by the file name: FLUX.1-dev by
+//! its `guidance_in` embedding, SD3.5 by its query/key norms (medium: dual attention). A file
+//! holding only a FLUX / SD3 transformer is no pipeline: `stipple generate` points it to
+//! `--transformer` with a diffusers folder as the model. Files missing other parts (no text
+//! encoders, say) load, and the pipeline loader lists what is found and what is missing.
 //!
 //! # Configs: Stipple's metadata convention
 //!
@@ -13,17 +27,22 @@
 //! | `stipple.<component>_config` | that component's `config.json` (`unet`, `vae`, `text_encoder`, `text_encoder_2`) or `scheduler_config.json` (`scheduler`) |
 //! | `stipple.<tokenizer>_files` | a JSON object `{file name: file text}` holding a tokenizer folder (`tokenizer`, `tokenizer_2`) |
 //!
-//! [`super::to_single_file`] writes all of them. Files without them (checkpoints from the web)
-//! get the published configs of the family's reference model (`default_configs.rs`):
-//! SD 1.5 for SD 1.x, SDXL base 1.0 for SDXL. SD 2.x files need the metadata (the weights do
-//! not say whether the model predicts noise or velocity).
+//! [`super::to_single_file`] writes all of them (for SD families). Files without them
+//! (checkpoints from the web) get the published configs of the family's reference model
+//! (`default_configs.rs`): SD 1.5 for SD 1.x, SDXL base 1.0 for SDXL, FLUX.1-dev / -schnell,
+//! SD3-medium / SD3.5-medium / SD3.5-large. An SD3 transformer's dimensions (blocks, widths,
+//! position table, dual attention, query/key norms and with them the head width) are read from
+//! the weights, as diffusers does, so fine-tunes and other sizes load without metadata; FLUX
+//! transformers take the published config (their rotary axes are not in the weights). SD 2.x
+//! files need the metadata (the weights do not say whether the model predicts noise or velocity).
 //!
 //! # Tokenizers
 //!
 //! Tokenizers are looked for in the metadata (`stipple.tokenizer_files` ...), then as folders
 //! named after the component next to the checkpoint (`<dir>/tokenizer/`, `<dir>/tokenizer_2/`,
-//! copied from the model's diffusers repository). [`PipelineSource::tokenizer`] explains what to
-//! do when neither exists.
+//! `<dir>/tokenizer_3/`, copied from the model's diffusers repository; a T5 folder may hold
+//! `tokenizer.json` or `spiece.model`). [`PipelineSource::tokenizer`] and [`missing_advice`] name
+//! the folders and the repository when they are missing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,7 +52,8 @@ use serde_json::Value;
 
 use super::config_json::parse_config;
 use super::default_configs::DefaultConfigs;
-use super::original_layout::{component_rules, ComponentLayout, Family, UNET_PREFIX};
+use super::original_layout::{component_rules, transformer_tensors, ComponentLayout, Family, UNET_PREFIX};
+use super::sd3_layout;
 use super::safetensors_file::SafetensorsFile;
 use super::source::{class_from_config, ComponentWeights, PipelineSource, SchedulerConfig, SourceFormat, TokenizerSource};
 use super::store::{StoredTensor, WeightStore};
@@ -72,6 +92,12 @@ fn component_config(file: &SafetensorsFile, family: Family, component: &str) -> 
     };
     tracing::info!("{}: no `{component}` config in the metadata; using {}'s", file.path().display(), defaults.source);
     let mut config: Value = serde_json::from_str(text).expect("default configs are valid JSON (tested)");
+    if component == "transformer" && file.info(&format!("{UNET_PREFIX}{}", sd3_layout::MARKER)).is_some() {
+        let shape_of = |name: &str| file.info(&format!("{UNET_PREFIX}{name}")).map(|i| i.shape.clone());
+        sd3_layout::infer_config(&mut config, &shape_of).map_err(|why| {
+            Error::invalid_file(file.path(), format!("cannot read the SD3 transformer's dimensions: {why}"))
+        })?;
+    }
     if component == "unet" {
         // Inpainting (9) and instruct-pix2pix (8) fine-tunes widen only the UNet's input; as
         // diffusers does, take the input width from the weights.
@@ -86,9 +112,6 @@ fn component_config(file: &SafetensorsFile, family: Family, component: &str) -> 
 /// The store of one component: every key under its prefix that the layout maps, renamed.
 fn component_store(file: &Arc<SafetensorsFile>, layout: &ComponentLayout, config: &Value) -> Result<WeightStore> {
     let path = file.path();
-    let rules = component_rules(layout, config).map_err(|why| {
-        Error::invalid_file(path, format!("cannot map the `{}` weights: its config: {why}", layout.component))
-    })?;
     let mut store = WeightStore::new(format!(
         "`{}` weights of {} (original layout, keys under `{}`)",
         layout.component,
@@ -96,6 +119,19 @@ fn component_store(file: &Arc<SafetensorsFile>, layout: &ComponentLayout, config
         layout.prefix
     ));
     let index = store.add_file(file.clone());
+    let rows_of =
+        |name: &str| file.info(&format!("{}{name}", layout.prefix)).map(|i| i.shape.first().copied().unwrap_or(1));
+    if let Some(tensors) = transformer_tensors(layout, &rows_of) {
+        let tensors = tensors.map_err(|e| Error::invalid_file(path, e.to_string()))?;
+        for m in tensors {
+            let name = format!("{}{}", layout.prefix, m.stored);
+            store.insert(&m.model, StoredTensor { file: index, name, transform: m.rows.transform() })?;
+        }
+        return Ok(store);
+    }
+    let rules = component_rules(layout, config).map_err(|why| {
+        Error::invalid_file(path, format!("cannot map the `{}` weights: its config: {why}", layout.component))
+    })?;
     for (key, info) in file.tensors_with_prefix(layout.prefix) {
         for (name, kind) in rules.to_diffusers(key) {
             let transform = kind
@@ -136,8 +172,8 @@ pub fn open_single_file(path: &Path) -> Result<PipelineSource> {
 
     let mut models = BTreeMap::new();
     for layout in family.components() {
-        if file.tensors_with_prefix(layout.prefix).next().is_none() {
-            continue; // e.g. a UNet-only file
+        if models.contains_key(layout.component) || file.tensors_with_prefix(layout.prefix).next().is_none() {
+            continue; // e.g. a UNet-only file, or the VAE under its second prefix
         }
         let config = component_config(&file, family, layout.component)?.ok_or_else(|| {
             Error::invalid_file(
@@ -184,6 +220,35 @@ pub fn open_single_file(path: &Path) -> Result<PipelineSource> {
         scheduler,
         tokenizers,
     })
+}
+
+/// What to do about the components `missing` (models and tokenizers) of a single file of
+/// `family`: which folders to copy from which diffusers repository, and where to.
+pub fn missing_advice(checkpoint: &Path, family: Family, missing: &[&str]) -> String {
+    let repository = DefaultConfigs::of(family).map(|d| d.source);
+    let from =
+        repository.map_or("the model's diffusers repository".to_string(), |r| format!("the diffusers repository {r}"));
+    let beside = checkpoint.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (tokenizers, models): (Vec<&str>, Vec<&str>) = missing.iter().partition(|m| m.starts_with("tokenizer"));
+    let mut advice = Vec::new();
+    if !tokenizers.is_empty() {
+        let folders: Vec<String> = tokenizers.iter().map(|t| format!("`{t}/`")).collect();
+        advice.push(format!(
+            "single files carry no tokenizers: copy the folder(s) {} of {from} into {} (next to the checkpoint)",
+            folders.join(", "),
+            beside.display()
+        ));
+    }
+    if !models.is_empty() {
+        advice.push(format!(
+            "{} holds no weights for {}: use an all-in-one checkpoint that includes them, or the diffusers folder of \
+             {} with this file as `--transformer`",
+            checkpoint.display(),
+            models.join(", "),
+            repository.unwrap_or("the model")
+        ));
+    }
+    advice.join("; ")
 }
 
 #[cfg(test)]
@@ -265,5 +330,76 @@ mod tests {
         );
         let err = open_single_file(&path).unwrap_err().to_string();
         assert!(err.contains("stipple.text_encoder_config") && err.contains("not valid JSON"), "{err}");
+    }
+
+    fn testdata(path: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(path)
+    }
+
+    /// The all-in-one FLUX / SD3 files of testdata/single_file (the tiny reference pipelines in
+    /// the original layouts) give every component's tensors exactly as the diffusers folder has them.
+    #[test]
+    fn all_in_one_dit_files_read_like_their_diffusers_folders() {
+        for (name, family, components) in [
+            ("flux_schnell_tiny", Family::FluxSchnell, &["transformer", "vae", "text_encoder", "text_encoder_2"][..]),
+            ("flux_dev_tiny", Family::FluxDev, &["transformer", "vae", "text_encoder", "text_encoder_2"][..]),
+            ("sd3_tiny", Family::Sd3, &["transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"][..]),
+            ("sd35_medium_tiny", Family::Sd35Medium, &["transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"][..]),
+        ] {
+            let source = open_single_file(&testdata(&format!("single_file/{name}.safetensors"))).unwrap();
+            assert_eq!(source.format, SourceFormat::SingleFile { family }, "{name}");
+            assert_eq!(source.model_names().collect::<Vec<_>>().len(), components.len(), "{name}");
+            let folder = testdata(&format!("pipelines/models/{name}"));
+            for &component in components {
+                let weights = source.model(component).unwrap();
+                let dir = folder.join(component);
+                let file = ["model.safetensors", "diffusion_pytorch_model.safetensors"].map(|f| dir.join(f));
+                let file = file.iter().find(|f| f.is_file()).unwrap();
+                let reference = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+                assert_eq!(weights.store.len(), reference.len(), "{name}/{component}");
+                for (tensor, expected) in &reference {
+                    let got = weights.store.load(tensor, DType::F32, &Device::Cpu).unwrap();
+                    assert_eq!(got.dims(), expected.dims(), "{name}/{component}/{tensor}");
+                    let diff = (got - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+                    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name}/{component}/{tensor}");
+                }
+                // Configs: the metadata's, or (sd35_medium_tiny's transformer) inferred from the shapes.
+                let expected: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+                for (key, value) in expected.as_object().unwrap() {
+                    if key != "sample_size" && !key.starts_with('_') {
+                        assert_eq!(weights.config.get(key), Some(value), "{name}/{component}: {key}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dit_files_without_metadata_get_published_defaults_and_repository_advice() {
+        // flux_dev_tiny carries no model_index / scheduler config: FLUX.1-dev's.
+        let path = testdata("single_file/flux_dev_tiny.safetensors");
+        let source = open_single_file(&path).unwrap();
+        assert_eq!(source.pipeline_class, "FluxPipeline");
+        let scheduler = source.scheduler().unwrap();
+        assert_eq!((scheduler.class_name.as_str(), &scheduler.config["use_dynamic_shifting"]), ("FlowMatchEulerDiscreteScheduler", &Value::Bool(true)));
+        assert_eq!(source.model("transformer").unwrap().class_name.as_deref(), Some("FluxTransformer2DModel"));
+        // No tokenizer beside testdata/single_file: the error names the folder and the repository.
+        let err = source.tokenizer("tokenizer_2").unwrap_err().to_string();
+        assert!(err.contains("`tokenizer_2/` folder of the diffusers repository black-forest-labs/FLUX.1-dev"), "{err}");
+        let advice = missing_advice(&path, Family::Sd35Medium, &["tokenizer", "tokenizer_3", "text_encoder_3"]);
+        assert!(advice.contains("`tokenizer/`, `tokenizer_3/` of the diffusers repository stabilityai/stable-diffusion-3.5-medium"), "{advice}");
+        assert!(advice.contains("no weights for text_encoder_3"), "{advice}");
+        // The embedded tokenizers of flux_schnell_tiny are found.
+        let schnell = open_single_file(&testdata("single_file/flux_schnell_tiny.safetensors")).unwrap();
+        assert!(matches!(schnell.tokenizer("tokenizer_2").unwrap(), TokenizerSource::Embedded { .. }));
+        assert_eq!(schnell.scheduler().unwrap().config["shift"], 1.0);
+    }
+
+    #[test]
+    fn text_encoders_without_a_transformer_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_f32(dir.path(), "clips.safetensors", &[("text_encoders.clip_l.transformer.text_model.x", &[1], &[1.])], &[]);
+        let err = open_single_file(&path).unwrap_err().to_string();
+        assert!(err.contains("no FLUX or SD3 transformer"), "{err}");
     }
 }

@@ -200,14 +200,16 @@ impl PipelineSource {
                 self.origin.join(name),
                 format!("model_index.json lists no `{name}` (a diffusers folder keeps each tokenizer in its own subfolder)"),
             ),
-            SourceFormat::SingleFile { .. } => {
+            SourceFormat::SingleFile { family } => {
                 let beside = self.origin.parent().unwrap_or(Path::new(".")).join(name);
+                let repository = super::default_configs::DefaultConfigs::of(family)
+                    .map_or_else(|| "its diffusers repository".into(), |d| format!("the diffusers repository {}", d.source));
                 Error::missing_file(
                     &beside,
                     format!(
                         "the single-file checkpoint {} carries no tokenizer `{name}` (single files hold weights only). \
-                         Put the model's `{name}/` folder from its diffusers repository next to the checkpoint, at {}, \
-                         or convert the diffusers folder with `stipple convert`, which embeds the tokenizers",
+                         Put the `{name}/` folder of {repository} next to the checkpoint, at {}, or convert the \
+                         diffusers folder with `stipple convert`, which embeds the tokenizers",
                         self.origin.display(),
                         beside.display()
                     ),

@@ -1,6 +1,7 @@
 //! A diffusion transformer's weights in one file of its own (`stipple generate --transformer`):
-//! GGUF or safetensors, in diffusers' layout or in FLUX's original one (Black Forest Labs' single
-//! files, the community's GGUF files), with or without stable-diffusion.cpp's
+//! GGUF or safetensors, in diffusers' layout or in the original ones (FLUX: Black Forest Labs'
+//! single files, the community's GGUF files; SD3 / SD3.5: Stability's `joint_blocks` files), with
+//! or without stable-diffusion.cpp's
 //! `model.diffusion_model.` prefix — recognised by the tensor names, not the file name.
 
 use std::collections::BTreeMap;
@@ -10,10 +11,11 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 
 use super::flux_layout::{self, RowSelect};
+use super::sd3_layout;
 use super::gguf::GgufFile;
 use super::gguf_weights::GgufWeights;
 use super::safetensors_file::SafetensorsFile;
-use super::store::{StoredTensor, Transform, WeightStore};
+use super::store::{StoredTensor, WeightStore};
 use crate::layers::ModelWeights;
 use crate::{Error, Result};
 
@@ -40,7 +42,7 @@ impl TransformerArchitecture {
 #[derive(Debug, Clone)]
 pub(crate) struct TransformerLayout {
     pub architecture: TransformerArchitecture,
-    /// Mapped from FLUX's original layout.
+    /// Mapped from the original (BFL / Stability) layout.
     pub original: bool,
     /// diffusers name → stored name and rows.
     pub entries: BTreeMap<String, (String, RowSelect)>,
@@ -73,20 +75,18 @@ impl TransformerLayout {
             let architecture = if flux { TransformerArchitecture::Flux } else { TransformerArchitecture::Sd3 };
             return Ok(TransformerLayout { architecture, original: false, entries });
         }
-        if unprefixed("joint_blocks.0.x_block.attn.qkv.weight").is_some() {
-            return Err(Error::Unsupported(format!(
-                "{} holds an SD3 transformer in Stability's original layout (`joint_blocks.*`), which Stipple does not \
-                 read; use the diffusers folder, or quantize its transformer with `stipple quantize MODEL/transformer \
-                 OUT.gguf --type q8_0`",
-                path.display()
-            )));
+        if unprefixed(sd3_layout::MARKER).is_some() {
+            for m in sd3_layout::sd3_original(&unprefixed)? {
+                entries.insert(m.model, (format!("{prefix}{}", m.stored), m.rows));
+            }
+            return Ok(TransformerLayout { architecture: TransformerArchitecture::Sd3, original: true, entries });
         }
         let sample: Vec<&str> = names.take(4).collect();
         Err(Error::invalid_file(
             path,
             format!(
                 "not a FLUX or SD3 transformer (tensors like {}); Stipple reads transformers in diffusers' layout or \
-                 FLUX's original one (`double_blocks.*`)",
+                 the original ones (FLUX: `double_blocks.*`, SD3: `joint_blocks.*`)",
                 sample.join(", ")
             ),
         ))
@@ -127,12 +127,7 @@ impl TransformerFile {
         let mut store = WeightStore::new(format!("transformer weights in {}", path.display()));
         let index = store.add_file(file.clone());
         for (model, (stored, rows)) in &layout.entries {
-            let transform = match *rows {
-                RowSelect::All => Transform::Identity,
-                RowSelect::Range(start, end) => Transform::Rows { start, len: end - start },
-                RowSelect::SwapHalves => Transform::SwapHalves,
-            };
-            store.insert(model, StoredTensor { file: index, name: stored.clone(), transform })?;
+            store.insert(model, StoredTensor { file: index, name: stored.clone(), transform: rows.transform() })?;
         }
         Ok(TransformerFile {
             path: path.to_path_buf(),
@@ -155,7 +150,11 @@ impl TransformerFile {
             }
             Weights::Safetensors(s) => ("safetensors", format!("{} tensors", s.len())),
         };
-        let layout = if self.original { ", original BFL layout" } else { "" };
+        let layout = match (self.original, self.architecture) {
+            (false, _) => "",
+            (true, TransformerArchitecture::Flux) => ", original BFL layout",
+            (true, TransformerArchitecture::Sd3) => ", Stability's original layout",
+        };
         format!("a {} transformer in {format} ({types}{layout})", self.architecture.name())
     }
 
