@@ -137,7 +137,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 fn report(args: &Args, pipeline: &stipple_core::pipeline::Pipeline, dir: &std::path::Path) -> anyhow::Result<()> {
     use stipple_train::report::{measure, verdicts, write, ReportPlan, RunInfo};
-    let config_path = args.model.join("transformer/config.json");
+    let model_dir = crate::resolve_model_path(&args.model);
+    let config_path = model_dir.join("transformer/config.json");
     let dit: stipple_core::dit::stipple_dit::StippleDitConfig = serde_json::from_slice(
         &std::fs::read(&config_path).with_context(|| format!("the report needs a Stipple DiT model folder; reading {}", config_path.display()))?,
     )
@@ -167,7 +168,7 @@ fn report(args: &Args, pipeline: &stipple_core::pipeline::Pipeline, dir: &std::p
         date: crate::utc_date(),
         revision: crate::git_revision(),
     };
-    let log_path = args.model.join("training_log.json");
+    let log_path = model_dir.join("training_log.json");
     let training: Option<stipple_train::report::TrainingLog> = match std::fs::read(&log_path) {
         Ok(bytes) => Some(serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", log_path.display()))?),
         Err(_) => None,

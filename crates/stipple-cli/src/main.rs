@@ -87,6 +87,19 @@ fn pin_thread_count() {
 /// Where the shipped default model lives (relative to the repository root).
 pub const DEFAULT_MODEL: &str = "models/stipple-default";
 
+/// Where a `--model` path points: as given; but the default, when the working directory has no
+/// `models/stipple-default`, is the copy in the checkout this binary was built from, so
+/// `stipple generate "..."` works from any directory.
+pub fn resolve_model_path(path: &std::path::Path) -> std::path::PathBuf {
+    if path == std::path::Path::new(DEFAULT_MODEL) && !path.exists() {
+        let built_from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(DEFAULT_MODEL);
+        if built_from.exists() {
+            return built_from;
+        }
+    }
+    path.to_path_buf()
+}
+
 /// Load a model for a command; an untrained default model folder gets the command that trains it.
 pub fn load_model(path: &std::path::Path, device: &candle_core::Device) -> anyhow::Result<stipple_core::loader::LoadedModel> {
     load_model_with(path, &stipple_core::loader::LoadOptions::default(), device)
@@ -98,6 +111,7 @@ pub fn load_model_with(
     options: &stipple_core::loader::LoadOptions,
     device: &candle_core::Device,
 ) -> anyhow::Result<stipple_core::loader::LoadedModel> {
+    let path = &resolve_model_path(path);
     if !path.join("model_index.json").exists() && path.join("train.json").is_file() {
         anyhow::bail!(
             "{} holds the default model's recipe but no weights yet; train them with `stipple train --config {}`",
