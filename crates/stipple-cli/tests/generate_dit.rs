@@ -23,17 +23,7 @@ fn assert_reproduces(model: &str, case: &str, args: &[&str]) -> String {
 /// Generate a `width`×`height` image with `args` and check the PNG against the case's image:
 /// within the case's float tolerance an 8-bit value can round the other way, never more.
 fn assert_reproduces_at(model: &str, case: &str, (width, height): (u32, u32), args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let png = dir.path().join("out.png");
-    let model = pipelines().join("models").join(model);
-    let (w_arg, h_arg) = (width.to_string(), height.to_string());
-    let mut all = vec!["generate", "a painting of a squirrel eating a burger", "--model", model.to_str().unwrap()];
-    all.extend_from_slice(&["-W", &w_arg, "-H", &h_arg, "-o", png.to_str().unwrap()]);
-    all.extend_from_slice(args);
-    let out = stipple(&all);
-    assert!(out.status.success(), "{}", text(&out));
-    let (w, h, pixels, texts) = read_png(&png);
-    assert_eq!((w, h), (width, height));
+    let (pixels, texts) = common::generate_pixels(&pipelines().join("models").join(model), (width, height), args);
     let reference = reference_pixels(case);
     let worst = pixels.iter().zip(&reference).map(|(&a, &b)| (a as i32 - b as i32).abs()).max().unwrap();
     assert!(worst <= 1, "{case}: pixels differ from diffusers by up to {worst}");

@@ -35,18 +35,8 @@ fn single_file(name: &str, tokenizers: &[&str]) -> (tempfile::TempDir, std::path
 }
 
 /// The RGB pixels `stipple generate` makes from `model` at `width`×`height` with `args`.
-fn generate(model: &Path, (width, height): (u32, u32), args: &[&str]) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    let png = dir.path().join("out.png");
-    let (w_arg, h_arg) = (width.to_string(), height.to_string());
-    let mut all = vec!["generate", "a painting of a squirrel eating a burger", "--model", model.to_str().unwrap()];
-    all.extend_from_slice(&["-W", &w_arg, "-H", &h_arg, "-o", png.to_str().unwrap()]);
-    all.extend_from_slice(args);
-    let out = stipple(&all);
-    assert!(out.status.success(), "{}", text(&out));
-    let (w, h, pixels, _) = read_png(&png);
-    assert_eq!((w, h), (width, height));
-    pixels
+fn generate(model: &Path, size: (u32, u32), args: &[&str]) -> Vec<u8> {
+    common::generate_pixels(model, size, args).0
 }
 
 /// The single file gives the very image its diffusers folder gives, and that image is diffusers'

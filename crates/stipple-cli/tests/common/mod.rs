@@ -42,3 +42,22 @@ pub fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>, Vec<(String, Stri
         .collect();
     (info.width, info.height, buf, texts)
 }
+
+/// The prompt of the whole-pipeline reference runs in testdata/pipelines.
+pub const PIPELINE_PROMPT: &str = "a painting of a squirrel eating a burger";
+
+/// `stipple generate PIPELINE_PROMPT --model model -W width -H height args...`: the PNG's RGB
+/// pixels and text chunks (asserting success and the size).
+pub fn generate_pixels(model: &std::path::Path, (width, height): (u32, u32), args: &[&str]) -> (Vec<u8>, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    let (w_arg, h_arg) = (width.to_string(), height.to_string());
+    let mut all = vec!["generate", PIPELINE_PROMPT, "--model", model.to_str().unwrap()];
+    all.extend_from_slice(&["-W", &w_arg, "-H", &h_arg, "-o", png.to_str().unwrap()]);
+    all.extend_from_slice(args);
+    let out = stipple(&all);
+    assert!(out.status.success(), "{}", text(&out));
+    let (w, h, pixels, texts) = read_png(&png);
+    assert_eq!((w, h), (width, height));
+    (pixels, texts)
+}

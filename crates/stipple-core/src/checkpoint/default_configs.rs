@@ -396,21 +396,7 @@ static FLUX_DEV: DefaultConfigs = DefaultConfigs {
     source: "black-forest-labs/FLUX.1-dev",
     model_index: FLUX_MODEL_INDEX,
     components: &[
-        (
-            "transformer",
-            r#"{
-  "_class_name": "FluxTransformer2DModel",
-  "attention_head_dim": 128,
-  "guidance_embeds": true,
-  "in_channels": 64,
-  "joint_attention_dim": 4096,
-  "num_attention_heads": 24,
-  "num_layers": 19,
-  "num_single_layers": 38,
-  "patch_size": 1,
-  "pooled_projection_dim": 768
-}"#,
-        ),
+        ("transformer", crate::dit::FLUX_DEV_CONFIG),
         ("vae", FLUX_VAE),
         ("text_encoder", CLIP_L),
         ("text_encoder_2", T5_XXL),

@@ -410,6 +410,21 @@ pub const FLUX_SCHNELL_CONFIG: &str = r#"{
   "pooled_projection_dim": 768
 }"#;
 
+/// black-forest-labs/FLUX.1-dev, `transformer/config.json` (defaults for its single files).
+pub const FLUX_DEV_CONFIG: &str = r#"{
+  "_class_name": "FluxTransformer2DModel",
+  "_diffusers_version": "0.30.0.dev0",
+  "attention_head_dim": 128,
+  "guidance_embeds": true,
+  "in_channels": 64,
+  "joint_attention_dim": 4096,
+  "num_attention_heads": 24,
+  "num_layers": 19,
+  "num_single_layers": 38,
+  "patch_size": 1,
+  "pooled_projection_dim": 768
+}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,21 +434,6 @@ mod tests {
     }
 
 
-    // black-forest-labs/FLUX.1-dev, transformer/config.json.
-    const DEV: &str = r#"{
-      "_class_name": "FluxTransformer2DModel",
-      "_diffusers_version": "0.30.0.dev0",
-      "_name_or_path": "../checkpoints/flux-dev/transformer",
-      "attention_head_dim": 128,
-      "guidance_embeds": true,
-      "in_channels": 64,
-      "joint_attention_dim": 4096,
-      "num_attention_heads": 24,
-      "num_layers": 19,
-      "num_single_layers": 38,
-      "patch_size": 1,
-      "pooled_projection_dim": 768
-    }"#;
 
     #[test]
     fn published_schnell_and_dev_configs_parse_with_diffusers_defaults() {
@@ -445,7 +445,7 @@ mod tests {
         assert_eq!((schnell.in_channels, schnell.out_channels()), (64, 64));
         assert_eq!((schnell.joint_attention_dim, schnell.pooled_projection_dim), (4096, 768));
 
-        let dev = FluxConfig::from_json(DEV, p).unwrap();
+        let dev = FluxConfig::from_json(FLUX_DEV_CONFIG, p).unwrap();
         assert!(dev.guidance_embeds);
         assert_eq!(FluxConfig { guidance_embeds: false, ..dev }, schnell);
     }

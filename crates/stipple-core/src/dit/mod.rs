@@ -12,7 +12,7 @@ pub mod rope;
 pub mod sd3;
 pub mod stipple_dit;
 
-pub use flux::{FluxConfig, FluxInputs, FluxTransformer, DEFAULT_FLUX_GUIDANCE, FLUX_SCHNELL_CONFIG};
+pub use flux::{FluxConfig, FluxInputs, FluxTransformer, DEFAULT_FLUX_GUIDANCE, FLUX_DEV_CONFIG, FLUX_SCHNELL_CONFIG};
 pub use sd3::{Sd3Config, Sd3Transformer, SD3_MEDIUM_CONFIG};
 
 use candle_core::Tensor;
