@@ -36,8 +36,9 @@ pub struct Args {
     /// Sampler steps (default: the model's).
     #[arg(long)]
     steps: Option<usize>,
-    /// Guidance scale: classifier-free for SD / SDXL / SD3 (1 disables it; default 7), the embedded
-    /// guidance of FLUX.1-dev (default 3.5); FLUX.1-schnell ignores it.
+    /// Guidance scale: classifier-free for SD / SDXL / SD3 and the default model (1 or less
+    /// disables it, as in diffusers; default: the model's, 7 for SD), the embedded guidance of
+    /// FLUX.1-dev (default 3.5); FLUX.1-schnell ignores it.
     #[arg(long = "cfg-scale", allow_negative_numbers = true)]
     cfg_scale: Option<f32>,
     /// Seed; the same seed gives the same image (default: random, printed).
