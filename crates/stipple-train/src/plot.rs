@@ -51,9 +51,7 @@ fn register_bundled_font() {
 /// `1000`, `25`, `0.35`, `0.004`: short tick labels for both scales.
 fn tick(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 || a == 0.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
+    if a >= 10.0 || a == 0.0 {
         format!("{v:.0}")
     } else if a >= 1.0 {
         format!("{:.2}", v).trim_end_matches('0').trim_end_matches('.').to_string()

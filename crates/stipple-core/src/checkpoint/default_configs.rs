@@ -257,31 +257,7 @@ static SDXL_BASE: DefaultConfigs = DefaultConfigs {
   "vocab_size": 49408
 }"#,
         ),
-        (
-            "text_encoder_2",
-            r#"{
-  "architectures": ["CLIPTextModelWithProjection"],
-  "attention_dropout": 0.0,
-  "bos_token_id": 0,
-  "dropout": 0.0,
-  "eos_token_id": 2,
-  "hidden_act": "gelu",
-  "hidden_size": 1280,
-  "initializer_factor": 1.0,
-  "initializer_range": 0.02,
-  "intermediate_size": 5120,
-  "layer_norm_eps": 1e-05,
-  "max_position_embeddings": 77,
-  "model_type": "clip_text_model",
-  "num_attention_heads": 20,
-  "num_hidden_layers": 32,
-  "pad_token_id": 1,
-  "projection_dim": 1280,
-  "torch_dtype": "float16",
-  "transformers_version": "4.32.0.dev0",
-  "vocab_size": 49408
-}"#,
-        ),
+        ("text_encoder_2", OPENCLIP_BIGG),
         (
             "scheduler",
             r#"{
@@ -305,6 +281,30 @@ static SDXL_BASE: DefaultConfigs = DefaultConfigs {
         ),
     ],
 };
+
+/// laion/CLIP-ViT-bigG-14 (OpenCLIP ViT-bigG/14) as SDXL's and SD3's `text_encoder_2`.
+const OPENCLIP_BIGG: &str = r#"{
+  "architectures": ["CLIPTextModelWithProjection"],
+  "attention_dropout": 0.0,
+  "bos_token_id": 0,
+  "dropout": 0.0,
+  "eos_token_id": 2,
+  "hidden_act": "gelu",
+  "hidden_size": 1280,
+  "initializer_factor": 1.0,
+  "initializer_range": 0.02,
+  "intermediate_size": 5120,
+  "layer_norm_eps": 1e-05,
+  "max_position_embeddings": 77,
+  "model_type": "clip_text_model",
+  "num_attention_heads": 20,
+  "num_hidden_layers": 32,
+  "pad_token_id": 1,
+  "projection_dim": 1280,
+  "torch_dtype": "float16",
+  "transformers_version": "4.32.0.dev0",
+  "vocab_size": 49408
+}"#;
 
 /// openai/clip-vit-large-patch14 as FLUX.1's `text_encoder` (SD3 ships it with a projection).
 const CLIP_L: &str = r#"{
@@ -503,30 +503,7 @@ const SD3_COMPONENTS: &[(&str, &str)] = &[
   "vocab_size": 49408
 }"#,
     ),
-    (
-        "text_encoder_2",
-        r#"{
-  "architectures": ["CLIPTextModelWithProjection"],
-  "attention_dropout": 0.0,
-  "bos_token_id": 0,
-  "dropout": 0.0,
-  "eos_token_id": 2,
-  "hidden_act": "gelu",
-  "hidden_size": 1280,
-  "initializer_factor": 1.0,
-  "initializer_range": 0.02,
-  "intermediate_size": 5120,
-  "layer_norm_eps": 1e-05,
-  "max_position_embeddings": 77,
-  "model_type": "clip_text_model",
-  "num_attention_heads": 20,
-  "num_hidden_layers": 32,
-  "pad_token_id": 1,
-  "projection_dim": 1280,
-  "torch_dtype": "float16",
-  "vocab_size": 49408
-}"#,
-    ),
+    ("text_encoder_2", OPENCLIP_BIGG),
     ("text_encoder_3", T5_XXL),
     (
         "scheduler",
