@@ -105,7 +105,8 @@ pub struct DenoiserStage {
     pub model: StippleDitConfig,
     pub text_encoder: TextShape,
     pub optim: Optimisation,
-    /// Min-SNR-γ loss weighting; `null` for the plain ε MSE.
+    /// Min-SNR-γ loss weighting (its v-prediction form caps only the nearly clean end; see
+    /// `train::loss_weight`); `null` for the plain MSE of the scheduler's prediction type.
     pub min_snr_gamma: Option<f64>,
 }
 

@@ -392,11 +392,11 @@ fn time_twins(latent: &StippleDitConfig, plan: &ReportPlan) -> Result<Vec<TwinTi
         let t = Tensor::new(&[500f32, 500.0], &device)?;
         let context = Tensor::zeros((2, text_tokens, config.context_dim), DType::F32, &device)?;
         let pooled = Tensor::zeros((2, config.pooled_dim), DType::F32, &device)?;
-        dit.forward_eps(&x, &t, &context, &pooled)?; // warm-up
+        dit.forward(&x, &t, &context, &pooled)?; // warm-up
         let mut times = Vec::new();
         for _ in 0..plan.twin_runs.max(1) {
             let t0 = Instant::now();
-            dit.forward_eps(&x, &t, &context, &pooled)?;
+            dit.forward(&x, &t, &context, &pooled)?;
             times.push(t0.elapsed().as_secs_f64());
         }
         let tokens = (side / config.patch_size).pow(2);

@@ -97,3 +97,23 @@ fn the_same_config_and_seed_give_the_same_weights() {
     }
     assert!(runs[0] == runs[1], "two runs of one config wrote different weights");
 }
+
+#[test]
+fn v_prediction_trains_and_the_folder_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = tiny_config(dir.path(), 10, 40);
+    config.scheduler["prediction_type"] = "v_prediction".into();
+    let summaries = train(&config, &Options::default(), &mut |_| {}).unwrap();
+    let denoiser = &summaries[1];
+    assert!(denoiser.final_loss < 0.8 * denoiser.initial_loss, "{} -> {}", denoiser.initial_loss, denoiser.final_loss);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config.output_dir.join("scheduler/scheduler_config.json")).unwrap()).unwrap();
+    assert_eq!(written["prediction_type"], "v_prediction");
+
+    // Sample prediction is refused by name.
+    let other = tempfile::tempdir().unwrap();
+    let mut sample = tiny_config(other.path(), 2, 2);
+    sample.scheduler["prediction_type"] = "sample".into();
+    let err = train(&sample, &Options::default(), &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("v_prediction"), "{err}");
+}

@@ -1,6 +1,6 @@
 //! The default model's denoiser: a small diffusion transformer (DiT) over 2x2 patches of the
 //! latent image, conditioned by adaLN-Zero on the timestep plus the pooled text embedding, and by
-//! cross-attention on the text tokens. Predicts ε.
+//! cross-attention on the text tokens. Predicts ε or v, as the scheduler config says.
 //!
 //! Per block: `x += gate₁ · attn(mod₁(norm(x)))`, `x += cross_attn(norm(x), text)`,
 //! `x += gate₂ · mlp(mod₂(norm(x)))`, where shift, scale and gate come from
@@ -134,7 +134,7 @@ impl StippleDit {
 
     /// ε for latents `x` `[B, C, H, W]` at `timesteps` `[B]` (0..1000), text tokens `context`
     /// `[B, L, context_dim]` and `pooled` `[B, pooled_dim]`.
-    pub fn forward_eps(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
         if ch != c.in_channels {
@@ -177,7 +177,7 @@ impl Denoiser for StippleDit {
             Error::Unsupported("the default model's DiT needs a pooled text embedding; use its own text encoder".into())
         })?;
         let dtype = x.dtype();
-        let out = self.forward_eps(&x.to_dtype(DType::F32)?, timesteps, &cond.context, pooled)?;
+        let out = self.forward(&x.to_dtype(DType::F32)?, timesteps, &cond.context, pooled)?;
         Ok(out.to_dtype(dtype)?)
     }
 
@@ -226,7 +226,7 @@ mod tests {
         let varmap = VarMap::new();
         let dit = StippleDit::new(&tiny_config(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
         let (x, t, ctx, pooled) = inputs(&dev);
-        let out = dit.forward_eps(&x, &t, &ctx, &pooled).unwrap();
+        let out = dit.forward(&x, &t, &ctx, &pooled).unwrap();
         assert_eq!(out.dims(), x.dims());
         // adaLN-Zero: the output projection starts at zero.
         assert_eq!(out.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
@@ -238,7 +238,7 @@ mod tests {
                 var.set(&(Tensor::randn(0f32, 0.02, var.shape(), &dev).unwrap())).unwrap();
             }
         }
-        let loss = dit.forward_eps(&x, &t, &ctx, &pooled).unwrap().sqr().unwrap().mean_all().unwrap();
+        let loss = dit.forward(&x, &t, &ctx, &pooled).unwrap().sqr().unwrap().mean_all().unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in varmap.data().lock().unwrap().iter() {
             let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
@@ -256,10 +256,10 @@ mod tests {
             var.set(&(Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap())).unwrap();
         }
         let (x, t, ctx, pooled) = inputs(&dev);
-        let both = dit.forward_eps(&x, &t, &ctx, &pooled).unwrap();
+        let both = dit.forward(&x, &t, &ctx, &pooled).unwrap();
         let one = |i: usize| {
             let n = |a: &Tensor| a.narrow(0, i, 1).unwrap();
-            dit.forward_eps(&n(&x), &n(&t), &n(&ctx), &n(&pooled)).unwrap()
+            dit.forward(&n(&x), &n(&t), &n(&ctx), &n(&pooled)).unwrap()
         };
         for i in 0..2 {
             let d: f32 = (both.narrow(0, i, 1).unwrap() - one(i)).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
