@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use stipple_core::dit::stipple_dit::StippleDitConfig;
+use stipple_core::schedule::{PredictionType, SchedulerConfig};
 use stipple_core::{Error, Result};
 
 use crate::caption::CaptionStyle;
@@ -173,6 +174,13 @@ impl TrainConfig {
         if class.is_none() {
             return Err("scheduler needs a `_class_name` (e.g. DDIMScheduler)".into());
         }
+        let scheduler = SchedulerConfig::from_json_str(&self.scheduler.to_string()).map_err(|e| format!("scheduler: {e}"))?;
+        if !matches!(scheduler.prediction(), PredictionType::Epsilon | PredictionType::VPrediction) {
+            return Err(
+                "scheduler.prediction_type: the default model is trained for ε- or v-prediction; set \"epsilon\" or \"v_prediction\""
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -199,6 +207,9 @@ mod tests {
         std::fs::write(&path, text.replace("\"drop_caption\": 0.1", "\"drop_caption\": 1.5")).unwrap();
         let err = TrainConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("train.json") && err.contains("drop_caption"), "{err}");
+        std::fs::write(&path, text.replace("\"epsilon\"", "\"sample\"")).unwrap();
+        let err = TrainConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("train.json") && err.contains("prediction_type"), "{err}");
         std::fs::write(&path, text.replace("\"seed\"", "\"sede\"")).unwrap();
         let err = TrainConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("sede"), "{err}");

@@ -76,6 +76,8 @@ pub struct StageSummary {
 
 /// Run both stages and write the model folder; returns what happened.
 pub fn train(config: &TrainConfig, options: &Options, events: &mut dyn FnMut(Event)) -> Result<Vec<StageSummary>> {
+    // Checked before any work: a config edited after loading must not fail after the first stage.
+    config.validate().map_err(|reason| Error::Unsupported(format!("the training config: {reason}")))?;
     export::write_pipeline_files(&config.output_dir, &config.scheduler, config.defaults)?;
     let autoencoder = train_autoencoder(config, options, events)?;
     let denoiser = train_denoiser(config, options, events)?;
@@ -322,12 +324,8 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
 
     let scheduler = SchedulerConfig::from_json_str(&config.scheduler.to_string())
         .map_err(|e| Error::Unsupported(format!("the training config's scheduler: {e}")))?;
+    // ε or v: `TrainConfig::validate` refuses the others.
     let prediction = scheduler.prediction();
-    if !matches!(prediction, PredictionType::Epsilon | PredictionType::VPrediction) {
-        return Err(Error::Unsupported(
-            "the default model is trained for ε- or v-prediction; set scheduler.prediction_type to \"epsilon\" or \"v_prediction\"".into(),
-        ));
-    }
     let schedule = DiscreteSchedule::from_config(&scheduler)?;
     let signal: Vec<f32> = schedule.alphas_cumprod.iter().map(|a| a.sqrt()).collect();
     let noise_level: Vec<f32> = schedule.alphas_cumprod.iter().map(|a| (1.0 - a).sqrt()).collect();
@@ -354,7 +352,8 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
         let z = (&mean + (&logvar * 0.5)?.exp()?.mul(&posterior)?)?;
         let latents = ((z - shift)? * scale)?;
         let per_sample = |v: &[f32]| Tensor::from_vec(timesteps.iter().map(|&t| v[t]).collect::<Vec<_>>(), (bs, 1, 1, 1), &Device::Cpu);
-        let noisy = (latents.broadcast_mul(&per_sample(&signal)?)? + eps.broadcast_mul(&per_sample(&noise_level)?)?)?;
+        let (signal_t, noise_t) = (per_sample(&signal)?, per_sample(&noise_level)?);
+        let noisy = (latents.broadcast_mul(&signal_t)? + eps.broadcast_mul(&noise_t)?)?;
         let caption_refs: Vec<&str> = captions.iter().map(String::as_str).collect();
         let ids = tokenizer.encode_batch(&caption_refs, &Device::Cpu)?;
         let (context, pooled) = text.forward(&ids)?;
@@ -363,7 +362,7 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
         let target = match prediction {
             // v = √ᾱ·ε − √(1−ᾱ)·x₀
             PredictionType::VPrediction => {
-                (eps.broadcast_mul(&per_sample(&signal)?)? - latents.broadcast_mul(&per_sample(&noise_level)?)?)?
+                (eps.broadcast_mul(&signal_t)? - latents.broadcast_mul(&noise_t)?)?
             }
             _ => eps,
         };

@@ -132,8 +132,9 @@ impl StippleDit {
         &self.config
     }
 
-    /// ε for latents `x` `[B, C, H, W]` at `timesteps` `[B]` (0..1000), text tokens `context`
-    /// `[B, L, context_dim]` and `pooled` `[B, pooled_dim]`.
+    /// The prediction (ε or v, as the model was trained) for latents `x` `[B, C, H, W]` at
+    /// `timesteps` `[B]` (0..1000), text tokens `context` `[B, L, context_dim]` and `pooled`
+    /// `[B, pooled_dim]`.
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Tensor> {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
