@@ -35,6 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let plain = !std::io::stderr().is_terminal();
     let mut last_line = Instant::now();
     let mut bar: Option<ProgressBar> = None;
+    let mut prep_bar: Option<ProgressBar> = None;
     let mut on_event = |event: Event| match event {
         Event::Stage { name, steps, done, params } => {
             if let Some(b) = bar.take() {
@@ -60,6 +61,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if let Some(b) = &bar {
                 b.set_position(step as u64);
                 b.set_message(message);
+            }
+        }
+        Event::Preparing { name, done, total } => {
+            if prep_bar.is_none() {
+                if let Some(b) = bar.take() {
+                    b.finish();
+                }
+                let b = ProgressBar::new(total as u64);
+                b.set_style(
+                    ProgressStyle::with_template("{prefix:>11} [{bar:30}] {pos}/{len} [{elapsed_precise}<{eta_precise}]")
+                        .expect("static template")
+                        .progress_chars("=> "),
+                );
+                b.set_prefix(name);
+                prep_bar = Some(b);
+            }
+            if let Some(b) = &prep_bar {
+                b.set_position(done as u64);
+            }
+            if plain && (last_line.elapsed() > Duration::from_secs(30) || done == total) {
+                eprintln!("{name} {done}/{total} ({:.0} s)", started.elapsed().as_secs_f64());
+                last_line = Instant::now();
+            }
+            if done == total {
+                if let Some(b) = prep_bar.take() {
+                    b.finish();
+                }
             }
         }
         Event::Note(text) => match &bar {

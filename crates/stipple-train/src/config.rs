@@ -109,6 +109,15 @@ pub struct DenoiserStage {
     /// Min-SNR-γ loss weighting (its v-prediction form caps only the nearly clean end; see
     /// `train::loss_weight`); `null` for the plain MSE of the scheduler's prediction type.
     pub min_snr_gamma: Option<f64>,
+    /// Scenes encoded once and drawn from at random every step (each draw with a fresh
+    /// caption and posterior sample); absent or `null`: a fresh batch of scenes every step.
+    #[serde(default)]
+    pub latent_pool: Option<usize>,
+    /// Weight of an auxiliary loss, training only: a linear head on the DiT's last tokens
+    /// predicts how much of each latent pixel the object covers (`3·coverage − 1`, from the
+    /// generator's scene), at every timestep. Absent or `null`: no such head.
+    #[serde(default)]
+    pub coverage_loss_weight: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -159,6 +168,12 @@ impl TrainConfig {
                 return Err(format!("data.{name} is a probability, got {p}"));
             }
         }
+        if self.denoiser.coverage_loss_weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+            return Err("denoiser.coverage_loss_weight must be positive (or null for no coverage head)".into());
+        }
+        if self.denoiser.latent_pool == Some(0) {
+            return Err("denoiser.latent_pool must be positive (or null for fresh scenes every step)".into());
+        }
         if self.autoencoder.latent_stats_images == 0 {
             return Err("autoencoder.latent_stats_images must be positive".into());
         }
@@ -200,6 +215,17 @@ mod tests {
     }
 
     #[test]
+    fn coverage_weight_must_be_positive() {
+        let mut c = TrainConfig::load(&shipped_config_path()).unwrap();
+        for bad in [0.0, -1.0, f64::NAN] {
+            c.denoiser.coverage_loss_weight = Some(bad);
+            assert!(c.validate().unwrap_err().contains("coverage_loss_weight"));
+        }
+        c.denoiser.coverage_loss_weight = Some(0.5);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn errors_name_the_file_and_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(shipped_config_path()).unwrap();
@@ -210,6 +236,9 @@ mod tests {
         std::fs::write(&path, text.replace("\"epsilon\"", "\"sample\"")).unwrap();
         let err = TrainConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("train.json") && err.contains("prediction_type"), "{err}");
+        std::fs::write(&path, text.replace("\"latent_pool\": 49152", "\"latent_pool\": 0")).unwrap();
+        let err = TrainConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("train.json") && err.contains("latent_pool"), "{err}");
         std::fs::write(&path, text.replace("\"seed\"", "\"sede\"")).unwrap();
         let err = TrainConfig::load(&path).unwrap_err().to_string();
         assert!(err.contains("sede"), "{err}");

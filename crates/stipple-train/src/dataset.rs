@@ -26,14 +26,21 @@ pub fn sample(seed: u64, index: u64, style: CaptionStyle) -> Sample {
 /// Items `start..start + n` of the stream `seed`: images `[n, 3, 128, 128]` in [-1, 1] and
 /// their captions.
 pub fn batch(seed: u64, start: u64, n: usize, style: CaptionStyle) -> stipple_core::Result<(Tensor, Vec<String>)> {
+    let (images, captions, _) = batch_with_scenes(seed, start, n, style)?;
+    Ok((images, captions))
+}
+
+/// [`batch`], also returning the scenes.
+pub fn batch_with_scenes(seed: u64, start: u64, n: usize, style: CaptionStyle) -> stipple_core::Result<(Tensor, Vec<String>, Vec<Scene>)> {
     let mut pixels = Vec::with_capacity(n * 3 * IMAGE_SIZE * IMAGE_SIZE);
-    let mut captions = Vec::with_capacity(n);
+    let (mut captions, mut scenes) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n as u64 {
         let s = sample(seed, start + i, style);
         pixels.extend(to_signed_chw(&s.image));
         captions.push(s.caption);
+        scenes.push(s.scene);
     }
-    Ok((Tensor::from_vec(pixels, (n, 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?, captions))
+    Ok((Tensor::from_vec(pixels, (n, 3, IMAGE_SIZE, IMAGE_SIZE), &Device::Cpu)?, captions, scenes))
 }
 
 /// The seed of the named stream of a run (data, noise, initial weights ... of each stage), so

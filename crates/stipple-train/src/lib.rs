@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod eval;
 pub mod export;
 pub mod init;
+pub mod latent_pool;
 pub mod optim;
 pub mod plot;
 pub mod report;

@@ -1001,6 +1001,7 @@ mod tests {
             context_dim: 128,
             pooled_dim: 128,
             timestep_features: 256,
+            gated_mlp: false,
         };
         let (a, b) = (dit_gflops(&c, 64, 20), dit_gflops(&c, 1024, 20));
         assert!(a > 0.5 && a < 2.0, "{a}");

@@ -287,6 +287,23 @@ impl Scene {
     }
 }
 
+impl Scene {
+    /// How much of each `block`x`block` pixel block (one latent pixel for `block` = the
+    /// autoencoder's downsampling) the object covers, in [0, 1], row-major.
+    pub fn coverage_map(&self, block: usize) -> Vec<f32> {
+        let side = IMAGE_SIZE / block;
+        let placement = self.placement();
+        let (x0, y0, x1, y1) = placement.pixel_bounds();
+        let mut map = vec![0f64; side * side];
+        for y in y0..y1 {
+            for x in x0..x1 {
+                map[(y / block) * side + x / block] += placement.coverage(x, y);
+            }
+        }
+        map.into_iter().map(|c| (c / (block * block) as f64) as f32).collect()
+    }
+}
+
 impl fmt::Display for Scene {
     /// The canonical caption, every attribute named.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -341,6 +358,28 @@ mod tests {
         assert_eq!(px(2, 2), Colour::Blue.rgb());
         let blended = (0..128).map(|x| px(x, 63)).filter(|&p| p != Colour::Red.rgb() && p != Colour::Blue.rgb()).count();
         assert!(blended >= 2, "anti-aliased edge pixels on the row through the centre: {blended}");
+    }
+
+    #[test]
+    fn coverage_map_holds_the_object_where_it_is() {
+        let scene = Scene {
+            background: Colour::Blue,
+            object: Colour::Red,
+            shape: Shape::Square,
+            size: Size::Small,
+            cell: Cell { row: 0, col: 0 },
+            jitter: (-2.0, -2.0),
+        };
+        // A 28 px square centred at (20, 20): pixels 6..34, i.e. blocks 0..=4 of 8 px.
+        let map = scene.coverage_map(8);
+        assert_eq!(map.len(), 256);
+        let total: f32 = map.iter().sum();
+        assert!((total * 64.0 - 784.0).abs() < 1.0, "{total}");
+        assert_eq!(map[16 + 1], 1.0);
+        assert_eq!(map[5], 0.0);
+        // The corner block holds 2x2 of its 64 pixels.
+        assert!((map[0] - 4.0 / 64.0).abs() < 1e-6, "{}", map[0]);
+        assert!(map.iter().skip(5 * 16).all(|&c| c == 0.0));
     }
 
     #[test]

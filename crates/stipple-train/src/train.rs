@@ -18,7 +18,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
+use stipple_core::dit::patches::{unpatchify, TokenLayout};
 use stipple_core::dit::stipple_dit::StippleDit;
+use stipple_core::nn::trainable::linear;
 use stipple_core::model::Autoencoder;
 use stipple_core::schedule::{DiscreteSchedule, PredictionType, SchedulerConfig};
 use stipple_core::text::stipple_text::{word_level_tokenizer_json, StippleTextConfig, StippleTextModel, WordTokenizer};
@@ -27,9 +29,11 @@ use stipple_core::{Error, Result};
 
 use crate::caption::VOCABULARY;
 use crate::config::{AutoencoderShape, Optimisation, TrainConfig};
-use crate::dataset::{batch, stream_seed};
+use crate::dataset::{batch, batch_with_scenes, stream_seed};
+use crate::scene::IMAGE_SIZE;
 use crate::export::{self, NamedWeights};
 use crate::init::seeded_var_builder;
+use crate::latent_pool::LatentPool;
 use crate::optim::{learning_rate, AdamW, Ema, Params};
 use crate::rng::SplitMix64;
 use crate::state::{self, History};
@@ -48,6 +52,8 @@ pub enum Event {
     /// A stage begins (`done` steps already taken by earlier sessions).
     Stage { name: &'static str, steps: usize, done: usize, params: usize },
     Step { name: &'static str, step: usize, steps: usize, loss: f32, lr: f64, items_per_sec: f64 },
+    /// Work before a stage's first step (encoding the latent pool): `done` of `total` items.
+    Preparing { name: &'static str, done: usize, total: usize },
     Note(String),
 }
 
@@ -320,6 +326,15 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
     let vb = seeded_var_builder(&varmap, stream_seed(config.seed, "denoiser-init"));
     let text = StippleTextModel::new(&text_config, vb.pp("text_encoder"))?;
     let dit = StippleDit::new(&dn.model, vb.pp("transformer"))?;
+    // Created after the networks, so their initial weights do not depend on whether it exists;
+    // not exported.
+    let coverage_head = match dn.coverage_loss_weight {
+        Some(weight) => {
+            let p = dn.model.patch_size;
+            Some((linear(dn.model.hidden_size, p * p, vb.pp("coverage_head"))?, weight))
+        }
+        None => None,
+    };
     let params = Params::of(&varmap);
 
     let scheduler = SchedulerConfig::from_json_str(&config.scheduler.to_string())
@@ -340,10 +355,32 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
     let noise_seed = stream_seed(config.seed, "denoiser-noise");
     let bs = dn.optim.batch_size;
     let (scale, shift) = (vae.scaling_factor(), vae.shift_factor().unwrap_or(0.0));
+    let pool = match dn.latent_pool {
+        Some(n) => {
+            let started = Instant::now();
+            let pool = LatentPool::build(&vae, data_seed, n, style, &mut |done, total| {
+                events(Event::Preparing { name: "latent pool", done, total })
+            })?;
+            events(Event::Note(format!("latent pool: {n} scenes encoded in {:.0} s", started.elapsed().as_secs_f64())));
+            Some(pool)
+        }
+        None => None,
+    };
+    let (draw_seed, caption_seed) = (stream_seed(config.seed, "denoiser-pool-draw"), stream_seed(config.seed, "denoiser-captions"));
     let stage = Stage { name: "denoiser", optim: &dn.optim, checkpoint: config.checkpoint_dir.join("denoiser.safetensors") };
     let (ema, summary) = stage.run(&params, options, events, |step| {
-        let (images, captions) = batch(data_seed, (step * bs) as u64, bs, style)?;
-        let (mean, logvar) = vae.encode_moments(&images)?;
+        let (mean, logvar, captions, scenes) = match &pool {
+            Some(pool) => {
+                let drawn = pool.draw(draw_seed, caption_seed, step, bs, style)?;
+                let scenes = drawn.picks.iter().map(|&p| *pool.scene(p)).collect::<Vec<_>>();
+                (drawn.mean, drawn.logvar, drawn.captions, scenes)
+            }
+            None => {
+                let (images, captions, scenes) = batch_with_scenes(data_seed, (step * bs) as u64, bs, style)?;
+                let (mean, logvar) = vae.encode_moments(&images)?;
+                (mean, logvar, captions, scenes)
+            }
+        };
         let shape = mean.dims().to_vec();
         let mut rng = SplitMix64::for_item(noise_seed, step as u64);
         let timesteps: Vec<usize> = (0..bs).map(|_| rng.below(schedule.len())).collect();
@@ -358,7 +395,7 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
         let ids = tokenizer.encode_batch(&caption_refs, &Device::Cpu)?;
         let (context, pooled) = text.forward(&ids)?;
         let t = Tensor::from_vec(timesteps.iter().map(|&t| t as f32).collect::<Vec<_>>(), bs, &Device::Cpu)?;
-        let predicted = dit.forward(&noisy, &t, &context, &pooled)?;
+        let (predicted, tokens) = dit.forward_with_tokens(&noisy, &t, &context, &pooled)?;
         let target = match prediction {
             // v = √ᾱ·ε − √(1−ᾱ)·x₀
             PredictionType::VPrediction => {
@@ -366,7 +403,19 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
             }
             _ => eps,
         };
-        Ok((predicted - target)?.sqr()?.broadcast_mul(&per_sample(&loss_weight)?)?.mean_all()?)
+        let loss = (predicted - target)?.sqr()?.broadcast_mul(&per_sample(&loss_weight)?)?.mean_all()?;
+        match &coverage_head {
+            Some((head, weight)) => {
+                let (h, w) = (shape[2], shape[3]);
+                let block = IMAGE_SIZE / h;
+                let maps: Vec<f32> = scenes.iter().flat_map(|s| s.coverage_map(block)).map(|c| 3.0 * c - 1.0).collect();
+                let maps = Tensor::from_vec(maps, (bs, 1, h, w), &Device::Cpu)?;
+                let p = dn.model.patch_size;
+                let guess = unpatchify(&head.forward(&tokens)?, h / p, w / p, p, TokenLayout::ChannelMajor)?;
+                Ok((loss + ((guess - maps)?.sqr()?.mean_all()? * *weight)?)?)
+            }
+            None => Ok(loss),
+        }
     })?;
 
     let weights = ema_weights(&params, &ema);

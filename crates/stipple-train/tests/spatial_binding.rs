@@ -52,6 +52,7 @@ fn the_dit_learns_to_place_an_object_where_the_caption_says() {
         context_dim: 64,
         pooled_dim: 64,
         timestep_features: 64,
+        gated_mlp: false,
     };
     let tokenizer = WordTokenizer::from_json(&word_level_tokenizer_json(VOCABULARY), 12, std::path::Path::new("words")).unwrap();
     let varmap = VarMap::new();

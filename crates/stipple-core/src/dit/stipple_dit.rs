@@ -37,6 +37,10 @@ pub struct StippleDitConfig {
     pub pooled_dim: usize,
     /// Sinusoidal timestep features fed to the timestep MLP.
     pub timestep_features: usize,
+    /// SwiGLU feed-forward layers instead of SiLU ones, with two thirds of the units so the
+    /// parameter count stays the same (`2/3 · mlp_ratio · hidden_size` gated units).
+    #[serde(default)]
+    pub gated_mlp: bool,
 }
 
 impl StippleDitConfig {
@@ -82,7 +86,11 @@ impl Block {
             attn: Attention::new(d, d, c.num_heads, false, vb.pp("attn"))?,
             cross_norm: LayerNorm::new(d, vb.pp("cross_norm"))?,
             cross_attn: Attention::new(d, c.context_dim, c.num_heads, true, vb.pp("cross_attn"))?,
-            mlp: Mlp::new(d, d * c.mlp_ratio, false, vb.pp("mlp"))?,
+            mlp: if c.gated_mlp {
+                Mlp::gated(d, 2 * d * c.mlp_ratio / 3, vb.pp("mlp"))?
+            } else {
+                Mlp::new(d, d * c.mlp_ratio, false, vb.pp("mlp"))?
+            },
         })
     }
 
@@ -136,6 +144,12 @@ impl StippleDit {
     /// `timesteps` `[B]` (0..1000), text tokens `context` `[B, L, context_dim]` and `pooled`
     /// `[B, pooled_dim]`.
     pub fn forward(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with_tokens(x, timesteps, context, pooled)?.0)
+    }
+
+    /// [`Self::forward`], also returning the last hidden tokens `[B, rows·cols, hidden_size]`
+    /// (after the final modulation) for heads trained beside the prediction.
+    pub fn forward_with_tokens(&self, x: &Tensor, timesteps: &Tensor, context: &Tensor, pooled: &Tensor) -> Result<(Tensor, Tensor)> {
         let c = &self.config;
         let (b, ch, h, w) = x.dims4()?;
         if ch != c.in_channels {
@@ -158,7 +172,7 @@ impl StippleDit {
         let m = chunks(&self.final_modulation.forward(&cond)?, 2)?;
         let h_tokens = modulate(&h_tokens, &m[0], &m[1])?;
         let out = self.final_proj.forward(&h_tokens)?;
-        unpatchify(&out, rows, cols, p, TokenLayout::ChannelMajor)
+        Ok((unpatchify(&out, rows, cols, p, TokenLayout::ChannelMajor)?, h_tokens))
     }
 
     /// The sin-cos position table `[rows·cols, D]`, measured in units of the training grid so
@@ -209,6 +223,7 @@ mod tests {
             context_dim: 16,
             pooled_dim: 16,
             timestep_features: 32,
+            gated_mlp: false,
         }
     }
 
@@ -223,9 +238,15 @@ mod tests {
 
     #[test]
     fn starts_at_zero_and_every_weight_gets_a_gradient_after_one_step() {
+        for gated_mlp in [false, true] {
+            check_gradients(&StippleDitConfig { gated_mlp, ..tiny_config() });
+        }
+    }
+
+    fn check_gradients(config: &StippleDitConfig) {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
-        let dit = StippleDit::new(&tiny_config(), VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+        let dit = StippleDit::new(config, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
         let (x, t, ctx, pooled) = inputs(&dev);
         let out = dit.forward(&x, &t, &ctx, &pooled).unwrap();
         assert_eq!(out.dims(), x.dims());
@@ -246,6 +267,22 @@ mod tests {
             let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
             assert!(norm > 0.0 && norm.is_finite(), "{name}: {norm}");
         }
+    }
+
+    #[test]
+    fn gated_feed_forward_has_as_many_weights() {
+        let weights = |gated_mlp: bool| {
+            let varmap = VarMap::new();
+            let config = StippleDitConfig { gated_mlp, mlp_ratio: 3, ..tiny_config() };
+            StippleDit::new(&config, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).unwrap();
+            let data = varmap.data().lock().unwrap();
+            let fc1 = data["blocks.0.mlp.fc1.weight"].dims().to_vec();
+            let count: usize = data.iter().filter(|(n, _)| n.ends_with("weight")).map(|(_, v)| v.elem_count()).sum();
+            (fc1, count)
+        };
+        let ((plain_fc1, plain), (gated_fc1, gated)) = (weights(false), weights(true));
+        assert_eq!((plain_fc1, gated_fc1), (vec![96, 32], vec![128, 32]));
+        assert_eq!(plain, gated);
     }
 
     #[test]

@@ -197,11 +197,13 @@ impl Attention {
     }
 }
 
-/// Two linear layers with a SiLU between them.
+/// Two linear layers with a SiLU between them, or (gated) SwiGLU: `fc2(silu(a) · b)` where
+/// `fc1` gives `[a, b]` (Shazeer 2020).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     fc1: Dense,
     fc2: Dense,
+    gated: bool,
 }
 
 impl Mlp {
@@ -209,11 +211,24 @@ impl Mlp {
         Ok(Self {
             fc1: linear(dim, hidden, vb.pp("fc1"))?,
             fc2: if zero_out { zero_linear(hidden, dim, vb.pp("fc2"))? } else { linear(hidden, dim, vb.pp("fc2"))? },
+            gated: false,
         })
     }
 
+    /// SwiGLU with `hidden` gated units (`fc1` is `[2·hidden, dim]`).
+    pub fn gated(dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: linear(dim, 2 * hidden, vb.pp("fc1"))?, fc2: linear(hidden, dim, vb.pp("fc2"))?, gated: true })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&silu(&self.fc1.forward(x)?)?)?)
+        let h = self.fc1.forward(x)?;
+        let h = if self.gated {
+            let half = h.dim(candle_core::D::Minus1)? / 2;
+            (silu(&h.narrow(candle_core::D::Minus1, 0, half)?)? * h.narrow(candle_core::D::Minus1, half, half)?)?
+        } else {
+            silu(&h)?
+        };
+        Ok(self.fc2.forward(&h)?)
     }
 }
 
