@@ -41,13 +41,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if let Some(b) = bar.take() {
                 b.finish();
             }
-            let b = ProgressBar::new(steps as u64);
-            b.set_style(
-                ProgressStyle::with_template("{prefix:>11} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(name);
+            let b = progress_bar(steps, name, "{prefix:>11} [{bar:30}] {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]");
             b.set_position(done as u64);
             b.println(format!("{name}: {:.2}M parameters, {steps} steps (resuming at {done})", params as f64 / 1e6));
             bar = Some(b);
@@ -68,14 +62,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(b) = bar.take() {
                     b.finish();
                 }
-                let b = ProgressBar::new(total as u64);
-                b.set_style(
-                    ProgressStyle::with_template("{prefix:>11} [{bar:30}] {pos}/{len} [{elapsed_precise}<{eta_precise}]")
-                        .expect("static template")
-                        .progress_chars("=> "),
-                );
-                b.set_prefix(name);
-                prep_bar = Some(b);
+                prep_bar = Some(progress_bar(total, name, "{prefix:>11} [{bar:30}] {pos}/{len} [{elapsed_precise}<{eta_precise}]"));
             }
             if let Some(b) = &prep_bar {
                 b.set_position(done as u64);
@@ -134,3 +121,11 @@ fn keep_freed_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
+
+/// A bar of `len` items named `name`, drawn with `template` (a static indicatif template).
+fn progress_bar(len: usize, name: &'static str, template: &'static str) -> ProgressBar {
+    let b = ProgressBar::new(len as u64);
+    b.set_style(ProgressStyle::with_template(template).expect("static template").progress_chars("=> "));
+    b.set_prefix(name);
+    b
+}

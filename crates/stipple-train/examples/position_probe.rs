@@ -25,11 +25,6 @@ fn normal(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
 }
 
-/// The coverage head's target: `3·coverage − 1` per latent pixel, as the trainer's.
-fn latent_mask(s: &stipple_train::scene::Scene) -> Vec<f32> {
-    s.coverage_map(8).iter().map(|v| v * 3.0 - 1.0).collect()
-}
-
 fn main() {
     use stipple_core::model::Autoencoder;
     use stipple_core::vae::stipple_vae::{StippleAutoencoder, StippleVaeConfig};
@@ -144,7 +139,7 @@ fn main() {
             for _ in 0..bs {
                 let s = fix(Scene::random(&mut rng));
                 px.extend(to_signed_chw(&s.render()));
-                mask_rows.extend(latent_mask(&s));
+                mask_rows.extend(stipple_train::train::coverage_target(&s, 8));
                 caps.push(cap(&s, style, &mut rng));
             }
             (Tensor::from_vec(px, (bs, 3, 128, 128), &dev).unwrap(), caps)

@@ -30,12 +30,12 @@ use stipple_core::{Error, Result};
 use crate::caption::VOCABULARY;
 use crate::config::{AutoencoderShape, Optimisation, TrainConfig};
 use crate::dataset::{batch, batch_with_scenes, stream_seed};
-use crate::scene::IMAGE_SIZE;
 use crate::export::{self, NamedWeights};
 use crate::init::seeded_var_builder;
 use crate::latent_pool::LatentPool;
 use crate::optim::{learning_rate, AdamW, Ema, Params};
 use crate::rng::SplitMix64;
+use crate::scene::Scene;
 use crate::state::{self, History};
 
 /// Losses shown while training are averaged over this many steps.
@@ -186,6 +186,12 @@ fn loss_weight(prediction: PredictionType, snr: f32, gamma: Option<f32>) -> f32 
         (PredictionType::VPrediction, Some(g)) => ((snr.min(g) + 1.0) / (snr + 1.0)).min(1.0),
         (_, Some(g)) => (snr.min(g) / snr).min(1.0),
     }
+}
+
+/// The coverage head's target for `scene`: `3·coverage − 1` per `block`x`block` pixel block
+/// (one latent pixel), so the mostly empty blocks sit at −1 and full ones at 2.
+pub fn coverage_target(scene: &Scene, block: usize) -> Vec<f32> {
+    scene.coverage_map(block).into_iter().map(|c| 3.0 * c - 1.0).collect()
 }
 
 fn mean_tail(values: &[f32], n: usize) -> f32 {
@@ -407,8 +413,8 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
         match &coverage_head {
             Some((head, weight)) => {
                 let (h, w) = (shape[2], shape[3]);
-                let block = IMAGE_SIZE / h;
-                let maps: Vec<f32> = scenes.iter().flat_map(|s| s.coverage_map(block)).map(|c| 3.0 * c - 1.0).collect();
+                let block = vae_config.downsample_factor();
+                let maps: Vec<f32> = scenes.iter().flat_map(|s| coverage_target(s, block)).collect();
                 let maps = Tensor::from_vec(maps, (bs, 1, h, w), &Device::Cpu)?;
                 let p = dn.model.patch_size;
                 let guess = unpatchify(&head.forward(&tokens)?, h / p, w / p, p, TokenLayout::ChannelMajor)?;
