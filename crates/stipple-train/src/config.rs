@@ -118,6 +118,12 @@ pub struct DenoiserStage {
     /// generator's scene), at every timestep. Absent or `null`: no such head.
     #[serde(default)]
     pub coverage_loss_weight: Option<f64>,
+    /// Weight of a second auxiliary loss, training only: a linear head on the DiT's last tokens
+    /// predicts the mean colour of each latent pixel's block (sRGB scaled to [-1, 1], from the
+    /// generator's scene), at every timestep, so the object's colour word gets a gradient at the
+    /// high noise levels where the layout is decided. Absent or `null`: no such head.
+    #[serde(default)]
+    pub colour_loss_weight: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -168,8 +174,12 @@ impl TrainConfig {
                 return Err(format!("data.{name} is a probability, got {p}"));
             }
         }
-        if self.denoiser.coverage_loss_weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
-            return Err("denoiser.coverage_loss_weight must be positive (or null for no coverage head)".into());
+        for (name, weight) in
+            [("coverage_loss_weight", self.denoiser.coverage_loss_weight), ("colour_loss_weight", self.denoiser.colour_loss_weight)]
+        {
+            if weight.is_some_and(|w| !(w > 0.0 && w.is_finite())) {
+                return Err(format!("denoiser.{name} must be positive (or null for no such head)"));
+            }
         }
         if self.denoiser.latent_pool == Some(0) {
             return Err("denoiser.latent_pool must be positive (or null for fresh scenes every step)".into());
@@ -215,13 +225,19 @@ mod tests {
     }
 
     #[test]
-    fn coverage_weight_must_be_positive() {
+    fn auxiliary_weights_must_be_positive() {
         let mut c = TrainConfig::load(&shipped_config_path()).unwrap();
         for bad in [0.0, -1.0, f64::NAN] {
             c.denoiser.coverage_loss_weight = Some(bad);
             assert!(c.validate().unwrap_err().contains("coverage_loss_weight"));
         }
         c.denoiser.coverage_loss_weight = Some(0.5);
+        assert!(c.validate().is_ok());
+        for bad in [0.0, -1.0, f64::INFINITY] {
+            c.denoiser.colour_loss_weight = Some(bad);
+            assert!(c.validate().unwrap_err().contains("colour_loss_weight"));
+        }
+        c.denoiser.colour_loss_weight = None;
         assert!(c.validate().is_ok());
     }
 

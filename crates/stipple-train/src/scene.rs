@@ -302,6 +302,17 @@ impl Scene {
         }
         map.into_iter().map(|c| (c / (block * block) as f64) as f32).collect()
     }
+
+    /// The mean sRGB colour of each `block`x`block` pixel block, channel-major (`[3][side][side]`),
+    /// computed from the coverage map: rendering blends object and background linearly by
+    /// coverage, so a block's mean is the same blend by the block's coverage (up to rounding).
+    pub fn colour_map(&self, block: usize) -> Vec<f32> {
+        let coverage = self.coverage_map(block);
+        let (bg, fg) = (self.background.rgb(), self.object.rgb());
+        (0..3)
+            .flat_map(|c| coverage.iter().map(move |&a| bg[c] as f32 * (1.0 - a) + fg[c] as f32 * a))
+            .collect()
+    }
 }
 
 impl fmt::Display for Scene {
@@ -358,6 +369,25 @@ mod tests {
         assert_eq!(px(2, 2), Colour::Blue.rgb());
         let blended = (0..128).map(|x| px(x, 63)).filter(|&p| p != Colour::Red.rgb() && p != Colour::Blue.rgb()).count();
         assert!(blended >= 2, "anti-aliased edge pixels on the row through the centre: {blended}");
+    }
+
+    #[test]
+    fn colour_map_is_the_rendered_block_mean() {
+        let mut rng = SplitMix64::new(5);
+        for _ in 0..20 {
+            let scene = Scene::random(&mut rng);
+            let (image, block, side) = (scene.render(), 8, IMAGE_SIZE / 8);
+            let map = scene.colour_map(block);
+            assert_eq!(map.len(), 3 * side * side);
+            for (by, bx, c) in (0..side).flat_map(|y| (0..side).flat_map(move |x| (0..3).map(move |c| (y, x, c)))) {
+                let sum: f64 = (0..block * block)
+                    .map(|i| image.pixels[((by * block + i / block) * IMAGE_SIZE + bx * block + i % block) * 3 + c] as f64)
+                    .sum();
+                let mean = sum / (block * block) as f64;
+                let got = map[(c * side + by) * side + bx] as f64;
+                assert!((got - mean).abs() <= 0.5, "{scene}: block ({bx},{by}) channel {c}: {got} vs rendered {mean}");
+            }
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::json;
 use stipple_core::dit::patches::{unpatchify, TokenLayout};
 use stipple_core::dit::stipple_dit::StippleDit;
-use stipple_core::nn::trainable::linear;
+use stipple_core::nn::trainable::{linear, Dense};
 use stipple_core::model::Autoencoder;
 use stipple_core::schedule::{DiscreteSchedule, PredictionType, SchedulerConfig};
 use stipple_core::text::stipple_text::{word_level_tokenizer_json, StippleTextConfig, StippleTextModel, WordTokenizer};
@@ -194,6 +194,12 @@ pub fn coverage_target(scene: &Scene, block: usize) -> Vec<f32> {
     scene.coverage_map(block).into_iter().map(|c| 3.0 * c - 1.0).collect()
 }
 
+/// The colour head's target for `scene`: the mean sRGB colour of each `block`x`block` pixel
+/// block (one latent pixel), scaled to [-1, 1], channel-major.
+pub fn colour_target(scene: &Scene, block: usize) -> Vec<f32> {
+    scene.colour_map(block).into_iter().map(|c| c / 127.5 - 1.0).collect()
+}
+
 fn mean_tail(values: &[f32], n: usize) -> f32 {
     let tail = &values[values.len().saturating_sub(n)..];
     tail.iter().sum::<f32>() / tail.len().max(1) as f32
@@ -341,6 +347,13 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
         }
         None => None,
     };
+    let colour_head = match dn.colour_loss_weight {
+        Some(weight) => {
+            let p = dn.model.patch_size;
+            Some((linear(dn.model.hidden_size, 3 * p * p, vb.pp("colour_head"))?, weight))
+        }
+        None => None,
+    };
     let params = Params::of(&varmap);
 
     let scheduler = SchedulerConfig::from_json_str(&config.scheduler.to_string())
@@ -410,18 +423,24 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
             _ => eps,
         };
         let loss = (predicted - target)?.sqr()?.broadcast_mul(&per_sample(&loss_weight)?)?.mean_all()?;
-        match &coverage_head {
-            Some((head, weight)) => {
-                let (h, w) = (shape[2], shape[3]);
-                let block = vae_config.downsample_factor();
-                let maps: Vec<f32> = scenes.iter().flat_map(|s| coverage_target(s, block)).collect();
-                let maps = Tensor::from_vec(maps, (bs, 1, h, w), &Device::Cpu)?;
-                let p = dn.model.patch_size;
-                let guess = unpatchify(&head.forward(&tokens)?, h / p, w / p, p, TokenLayout::ChannelMajor)?;
-                Ok((loss + ((guess - maps)?.sqr()?.mean_all()? * *weight)?)?)
-            }
-            None => Ok(loss),
+        let (h, w) = (shape[2], shape[3]);
+        let (block, p) = (vae_config.downsample_factor(), dn.model.patch_size);
+        // Each auxiliary head: a linear map of the last tokens onto a per-latent-pixel target.
+        let auxiliary = |head: &Dense, weight: f64, channels: usize, target: Vec<f32>| -> Result<Tensor> {
+            let target = Tensor::from_vec(target, (bs, channels, h, w), &Device::Cpu)?;
+            let guess = unpatchify(&head.forward(&tokens)?, h / p, w / p, p, TokenLayout::ChannelMajor)?;
+            Ok(((guess - target)?.sqr()?.mean_all()? * weight)?)
+        };
+        let mut loss = loss;
+        if let Some((head, weight)) = &coverage_head {
+            let maps = scenes.iter().flat_map(|s| coverage_target(s, block)).collect();
+            loss = (loss + auxiliary(head, *weight, 1, maps)?)?;
         }
+        if let Some((head, weight)) = &colour_head {
+            let maps = scenes.iter().flat_map(|s| colour_target(s, block)).collect();
+            loss = (loss + auxiliary(head, *weight, 3, maps)?)?;
+        }
+        Ok(loss)
     })?;
 
     let weights = ema_weights(&params, &ema);
