@@ -139,7 +139,7 @@ fn main() {
             for _ in 0..bs {
                 let s = fix(Scene::random(&mut rng));
                 px.extend(to_signed_chw(&s.render()));
-                mask_rows.extend(stipple_train::train::coverage_target(&s, 8));
+                mask_rows.extend(stipple_train::train::coverage_target(&s.coverage_map(8)));
                 caps.push(cap(&s, style, &mut rng));
             }
             (Tensor::from_vec(px, (bs, 3, 128, 128), &dev).unwrap(), caps)

@@ -303,11 +303,10 @@ impl Scene {
         map.into_iter().map(|c| (c / (block * block) as f64) as f32).collect()
     }
 
-    /// The mean sRGB colour of each `block`x`block` pixel block, channel-major (`[3][side][side]`),
-    /// computed from the coverage map: rendering blends object and background linearly by
+    /// The mean sRGB colour of each pixel block whose [`Scene::coverage_map`] is `coverage`,
+    /// channel-major (`[3][side][side]`): rendering blends object and background linearly by
     /// coverage, so a block's mean is the same blend by the block's coverage (up to rounding).
-    pub fn colour_map(&self, block: usize) -> Vec<f32> {
-        let coverage = self.coverage_map(block);
+    pub fn colour_map(&self, coverage: &[f32]) -> Vec<f32> {
         let (bg, fg) = (self.background.rgb(), self.object.rgb());
         (0..3)
             .flat_map(|c| coverage.iter().map(move |&a| bg[c] as f32 * (1.0 - a) + fg[c] as f32 * a))
@@ -377,7 +376,7 @@ mod tests {
         for _ in 0..20 {
             let scene = Scene::random(&mut rng);
             let (image, block, side) = (scene.render(), 8, IMAGE_SIZE / 8);
-            let map = scene.colour_map(block);
+            let map = scene.colour_map(&scene.coverage_map(block));
             assert_eq!(map.len(), 3 * side * side);
             for (by, bx, c) in (0..side).flat_map(|y| (0..side).flat_map(move |x| (0..3).map(move |c| (y, x, c)))) {
                 let sum: f64 = (0..block * block)

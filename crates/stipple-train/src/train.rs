@@ -188,16 +188,16 @@ fn loss_weight(prediction: PredictionType, snr: f32, gamma: Option<f32>) -> f32 
     }
 }
 
-/// The coverage head's target for `scene`: `3·coverage − 1` per `block`x`block` pixel block
-/// (one latent pixel), so the mostly empty blocks sit at −1 and full ones at 2.
-pub fn coverage_target(scene: &Scene, block: usize) -> Vec<f32> {
-    scene.coverage_map(block).into_iter().map(|c| 3.0 * c - 1.0).collect()
+/// The coverage head's target from a scene's [`Scene::coverage_map`] (one value per latent
+/// pixel): `3·coverage − 1`, so the mostly empty blocks sit at −1 and full ones at 2.
+pub fn coverage_target(coverage: &[f32]) -> Vec<f32> {
+    coverage.iter().map(|c| 3.0 * c - 1.0).collect()
 }
 
-/// The colour head's target for `scene`: the mean sRGB colour of each `block`x`block` pixel
-/// block (one latent pixel), scaled to [-1, 1], channel-major.
-pub fn colour_target(scene: &Scene, block: usize) -> Vec<f32> {
-    scene.colour_map(block).into_iter().map(|c| c / 127.5 - 1.0).collect()
+/// The colour head's target for `scene` with coverage map `coverage`: the mean sRGB colour of
+/// each latent pixel's block, scaled to [-1, 1], channel-major.
+pub fn colour_target(scene: &Scene, coverage: &[f32]) -> Vec<f32> {
+    scene.colour_map(coverage).into_iter().map(|c| c / 127.5 - 1.0).collect()
 }
 
 fn mean_tail(values: &[f32], n: usize) -> f32 {
@@ -338,22 +338,14 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
     let vb = seeded_var_builder(&varmap, stream_seed(config.seed, "denoiser-init"));
     let text = StippleTextModel::new(&text_config, vb.pp("text_encoder"))?;
     let dit = StippleDit::new(&dn.model, vb.pp("transformer"))?;
-    // Created after the networks, so their initial weights do not depend on whether it exists;
-    // not exported.
-    let coverage_head = match dn.coverage_loss_weight {
-        Some(weight) => {
-            let p = dn.model.patch_size;
-            Some((linear(dn.model.hidden_size, p * p, vb.pp("coverage_head"))?, weight))
-        }
-        None => None,
+    // The auxiliary heads (`channels` per latent pixel): created after the networks, so their
+    // initial weights do not depend on whether the heads exist; not exported.
+    let p = dn.model.patch_size;
+    let head = |weight: Option<f64>, channels: usize, name: &str| -> Result<Option<(Dense, f64)>> {
+        weight.map(|w| Ok((linear(dn.model.hidden_size, channels * p * p, vb.pp(name))?, w))).transpose()
     };
-    let colour_head = match dn.colour_loss_weight {
-        Some(weight) => {
-            let p = dn.model.patch_size;
-            Some((linear(dn.model.hidden_size, 3 * p * p, vb.pp("colour_head"))?, weight))
-        }
-        None => None,
-    };
+    let coverage_head = head(dn.coverage_loss_weight, 1, "coverage_head")?;
+    let colour_head = head(dn.colour_loss_weight, 3, "colour_head")?;
     let params = Params::of(&varmap);
 
     let scheduler = SchedulerConfig::from_json_str(&config.scheduler.to_string())
@@ -422,22 +414,26 @@ fn train_denoiser(config: &TrainConfig, options: &Options, events: &mut dyn FnMu
             }
             _ => eps,
         };
-        let loss = (predicted - target)?.sqr()?.broadcast_mul(&per_sample(&loss_weight)?)?.mean_all()?;
+        let mut loss = (predicted - target)?.sqr()?.broadcast_mul(&per_sample(&loss_weight)?)?.mean_all()?;
         let (h, w) = (shape[2], shape[3]);
-        let (block, p) = (vae_config.downsample_factor(), dn.model.patch_size);
         // Each auxiliary head: a linear map of the last tokens onto a per-latent-pixel target.
         let auxiliary = |head: &Dense, weight: f64, channels: usize, target: Vec<f32>| -> Result<Tensor> {
             let target = Tensor::from_vec(target, (bs, channels, h, w), &Device::Cpu)?;
             let guess = unpatchify(&head.forward(&tokens)?, h / p, w / p, p, TokenLayout::ChannelMajor)?;
             Ok(((guess - target)?.sqr()?.mean_all()? * weight)?)
         };
-        let mut loss = loss;
+        // Both heads' targets derive from the scenes' coverage maps: computed once per step.
+        let coverage: Vec<Vec<f32>> = if coverage_head.is_some() || colour_head.is_some() {
+            scenes.iter().map(|s| s.coverage_map(vae_config.downsample_factor())).collect()
+        } else {
+            Vec::new()
+        };
         if let Some((head, weight)) = &coverage_head {
-            let maps = scenes.iter().flat_map(|s| coverage_target(s, block)).collect();
+            let maps = coverage.iter().flat_map(|c| coverage_target(c)).collect();
             loss = (loss + auxiliary(head, *weight, 1, maps)?)?;
         }
         if let Some((head, weight)) = &colour_head {
-            let maps = scenes.iter().flat_map(|s| colour_target(s, block)).collect();
+            let maps = scenes.iter().zip(&coverage).flat_map(|(s, c)| colour_target(s, c)).collect();
             loss = (loss + auxiliary(head, *weight, 3, maps)?)?;
         }
         Ok(loss)
